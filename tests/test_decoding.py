@@ -1,0 +1,158 @@
+import numpy as np
+import pytest
+import torch
+
+from qa_lib.data import Answer, QAExample, cmrc_file, load_squad
+from qa_lib.decoding import (
+    DEFAULT_MAX_ANSWER_LENGTH,
+    argmax_positions,
+    best_spans,
+    postprocess_predictions,
+    span_accuracy,
+    top_spans,
+)
+from qa_lib.features import NOT_CONTEXT
+
+
+def brute_force_spans(start, end, start_ok, end_ok, max_len):
+    spans = [
+        (float(start[i] + end[j]), i, j)
+        for i in range(len(start))
+        for j in range(i, min(i + max_len, len(end)))
+        if start_ok[i] and end_ok[j]
+    ]
+    return sorted(spans, key=lambda s: -s[0])
+
+
+def test_argmax_and_accuracy():
+    start = torch.tensor([[0.1, 2.0, 0.3], [5.0, 0.0, 0.0]])
+    end = torch.tensor([[0.0, 0.0, 1.0], [0.0, 3.0, 0.0]])
+    s, e = argmax_positions(start, end)
+    assert s.tolist() == [1, 0] and e.tolist() == [2, 1]
+    assert span_accuracy(s, torch.tensor([1, 1])) == pytest.approx(0.5)
+
+
+def test_best_span_fixes_end_before_start_and_respects_the_context():
+    # argmax would give start 4, end 1; the question tokens 0-1 are not context.
+    start = torch.tensor([9.0, 0.0, 0.0, 1.0, 5.0, 0.0])
+    end = torch.tensor([0.0, 9.0, 0.0, 2.0, -1.0, 0.5])
+    context = torch.tensor([False, False, True, True, True, True])
+    s, e, score = best_spans(start, end, context, max_answer_length=10)
+    assert (s.item(), e.item()) == (4, 5) and score.item() == pytest.approx(5.5)
+
+
+def test_best_span_with_all_negative_logits_and_exact_max_length():
+    start = torch.tensor([-5.0, -1.0, -9.0, -9.0])
+    end = torch.tensor([-9.0, -9.0, -9.0, -1.0])
+    context = torch.ones(4, dtype=torch.bool)
+    assert best_spans(start, end, context, max_answer_length=3)[:2] == (1, 3)  # length 3 is allowed
+    s, e, _ = best_spans(start, end, context, max_answer_length=2)
+    assert e - s + 1 <= 2
+
+
+def test_window_without_context_gives_minus_infinity():
+    s, e, score = best_spans(torch.zeros(5), torch.zeros(5), torch.zeros(5, dtype=torch.bool), 3)
+    assert (s.item(), e.item()) == (0, 0) and score.item() == float("-inf")
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_top_spans_equal_brute_force(seed):
+    generator = torch.Generator().manual_seed(seed)
+    length, max_len, n = 17, 1 + seed % 6, 7
+    start, end = torch.randn(3, length, generator=generator), torch.randn(3, length, generator=generator)
+    start_ok = torch.rand(3, length, generator=generator) > 0.3
+    end_ok = torch.rand(3, length, generator=generator) > 0.3
+    scores, starts, ends = top_spans(start, end, start_ok, end_ok, max_len, n)
+    for w in range(3):
+        expected = brute_force_spans(start[w], end[w], start_ok[w], end_ok[w], max_len)[:n]
+        got = [
+            (s, i, j) for s, i, j in zip(scores[w].tolist(), starts[w].tolist(), ends[w].tolist()) if s > float("-inf")
+        ]
+        assert [(i, j) for _, i, j in got] == [(i, j) for _, i, j in expected]
+        assert [s for s, _, _ in got] == pytest.approx([s for s, _, _ in expected], rel=1e-5)
+
+
+def test_best_spans_batched_equals_one_by_one():
+    generator = torch.Generator().manual_seed(1)
+    start, end = torch.randn(4, 30, generator=generator), torch.randn(4, 30, generator=generator)
+    context = torch.zeros(4, 30, dtype=torch.bool)
+    context[:, 8:29] = True
+    batched = best_spans(start, end, context, 5)
+    for w in range(4):
+        single = best_spans(start[w], end[w], context[w], 5)
+        assert [t[w].item() for t in batched] == [t.item() for t in single]
+
+
+def windows_for(context_length, window_tokens, step, prefix=3):
+    """Offsets of windows over a context of one-character tokens."""
+    offsets, starts = [], list(range(0, max(context_length - window_tokens, 0) + 1, step))
+    for start in starts:
+        n = min(window_tokens, context_length - start)
+        o = np.full((prefix + n + 1, 2), NOT_CONTEXT)
+        o[prefix : prefix + n, 0] = np.arange(start, start + n)
+        o[prefix : prefix + n, 1] = np.arange(start, start + n) + 1
+        offsets.append(o)
+    return offsets
+
+
+def test_nbest_across_windows_equals_brute_force_over_character_spans():
+    rng = np.random.default_rng(0)
+    context = "".join(chr(0x4E00 + i) for i in range(40))
+    example = QAExample("x", "", context, "q", (Answer(context[3], 3),))
+    offsets = windows_for(40, 16, 10)
+    features = {"example_index": [0] * len(offsets), "offsets": offsets}
+    starts = [rng.normal(size=len(o)).astype(np.float32) for o in offsets]
+    ends = [rng.normal(size=len(o)).astype(np.float32) for o in offsets]
+    predictions, nbest = postprocess_predictions([example], features, starts, ends, n_best=5, max_answer_length=4)
+    best_by_span = {}
+    for o, s, e in zip(offsets, starts, ends):
+        ok = o[:, 0] != NOT_CONTEXT
+        for score, i, j in brute_force_spans(s, e, ok, ok, 4):
+            key = (int(o[i, 0]), int(o[j, 1]))
+            best_by_span[key] = max(score, best_by_span.get(key, float("-inf")))
+    expected = sorted(best_by_span.items(), key=lambda kv: -kv[1])[:5]
+    assert [(c.start_char, c.end_char) for c in nbest["x"]] == [k for k, _ in expected]
+    assert predictions["x"] == context[expected[0][0][0] : expected[0][0][1]]
+    assert sum(c.probability for c in nbest["x"]) == pytest.approx(1.0)
+
+
+def test_candidate_positions_reproduces_the_nested_loop():
+    rng = np.random.default_rng(3)
+    offsets = windows_for(50, 50, 50)
+    example = QAExample("x", "", "字" * 50, "q", (Answer("字", 0),))
+    features = {"example_index": [0], "offsets": offsets}
+    start, end = rng.normal(size=len(offsets[0])), rng.normal(size=len(offsets[0]))
+    _, nbest = postprocess_predictions(
+        [example], features, [start], [end], n_best=3, max_answer_length=6, candidate_positions=5
+    )
+    top_s, top_e = np.argsort(start)[::-1][:5], np.argsort(end)[::-1][:5]
+    ok = offsets[0][:, 0] != NOT_CONTEXT
+    pairs = sorted(
+        ((start[i] + end[j], i, j) for i in top_s for j in top_e if ok[i] and ok[j] and 0 <= j - i < 6), reverse=True
+    )
+    assert nbest["x"][0].start_char == offsets[0][pairs[0][1], 0]
+
+
+def test_combining_marks_stay_with_their_letter():
+    context = "希伯来文：יִרְמְיָהוּ）"
+    word_end = context.index("）")
+    example = QAExample("h", "", context, "q", (Answer("x", 0),))
+    offsets = np.array([[-1, -1], [5, word_end - 1], [-1, -1]])  # the tokenizer stops before the last mark
+    predictions, _ = postprocess_predictions(
+        [example], {"example_index": [0], "offsets": [offsets]}, [np.zeros(3)], [np.zeros(3)]
+    )
+    assert predictions["h"] == context[5:word_end]
+
+
+def test_default_max_answer_length_coverage(real_tokenizer, cmrc_dir):
+    """The documented coverage of DEFAULT_MAX_ANSWER_LENGTH (100 tokens) on both files."""
+    coverage = {}
+    for split in ("dev", "trial"):
+        examples, _ = load_squad(cmrc_file(split, cmrc_dir))
+        texts = [a.text for e in examples for a in e.answers]
+        lengths = np.array([len(ids) for ids in real_tokenizer(texts, add_special_tokens=False)["input_ids"]])
+        coverage[split] = ((lengths <= DEFAULT_MAX_ANSWER_LENGTH).mean(), (lengths <= 30).mean())
+    assert coverage["dev"][0] == 1.0 and coverage["dev"][1] == pytest.approx(0.945, abs=0.001)
+    assert coverage["trial"][0] == pytest.approx(0.966, abs=0.001) and coverage["trial"][1] == pytest.approx(
+        0.663, abs=0.001
+    )

@@ -1,0 +1,128 @@
+import numpy as np
+import pytest
+
+from qa_lib.data import Answer, QAExample, cmrc_file, load_squad
+from qa_lib.features import (
+    CLS_INDEX,
+    NOT_CONTEXT,
+    answer_coverage,
+    build_windows,
+    char_to_token_positions,
+    encode_windows,
+    prepare_eval_features,
+    prepare_train_features,
+    span_to_tokens,
+    strip_span,
+    window_starts,
+)
+
+
+def example(context, answer, start=None, question="问题是什么？", qid="q"):
+    start = context.index(answer) if start is None else start
+    return QAExample(qid, "", context, question, (Answer(answer, start),))
+
+
+def test_simple_path_uses_last_character_and_cls_when_truncated(offline_tokenizer):
+    context = "甲乙丙丁戊己庚辛"
+    enc = offline_tokenizer(["问？", "问？"], [context, context], truncation="only_second", max_length=8)
+    # question tokens: [CLS] 问 ？ [SEP] -> context starts at token 4; max_length 8 keeps 3 context chars.
+    starts, ends = char_to_token_positions(enc, [1, 2], [3, 6])
+    assert starts.dtype == ends.dtype == __import__("torch").long
+    assert (starts[0].item(), ends[0].item()) == (5, 6)  # 乙丙: end from char 2, not 3
+    assert (starts[1].item(), ends[1].item()) == (CLS_INDEX, CLS_INDEX)  # 丙丁戊己 runs past the cut
+
+
+def test_window_starts_cover_the_context_with_the_requested_overlap():
+    assert list(window_starts(10, 10, 4)) == [0]
+    assert list(window_starts(11, 10, 4)) == [0, 6]
+    assert list(window_starts(16, 10, 4)) == [0, 6]
+    assert list(window_starts(17, 10, 4)) == [0, 6, 12]
+    with pytest.raises(ValueError, match="doc_stride"):
+        window_starts(10, 4, 4)
+
+
+def test_build_windows_matches_the_tokenizer_overflow(offline_tokenizer):
+    contexts = ["北京是中国的首都。" * k + "Hello World 2019年，ＡＢＣ。" for k in (1, 5, 13, 40)]
+    examples = [example(c, "首都", qid=str(i)) for i, c in enumerate(contexts)]
+    for max_length, stride in [(32, 8), (64, 16), (512, 128)]:
+        ours = build_windows(offline_tokenizer, examples, max_length, stride)
+        reference = encode_windows(offline_tokenizer, [e.question for e in examples], contexts, max_length, stride)
+        assert [list(ids) for ids in ours["input_ids"]] == reference["input_ids"]
+        assert [list(t) for t in ours["token_type_ids"]] == reference["token_type_ids"]
+        assert ours["example_index"] == list(reference["overflow_to_sample_mapping"])
+        for w, offsets in enumerate(ours["offsets"]):
+            context_tokens = [sid == 1 for sid in reference.sequence_ids(w)]
+            expected = [
+                o if c else (NOT_CONTEXT, NOT_CONTEXT) for o, c in zip(reference["offset_mapping"][w], context_tokens)
+            ]
+            assert [tuple(o) for o in offsets.tolist()] == expected
+
+
+def offsets_for(pairs):
+    return np.array(pairs, dtype=np.int64)
+
+
+def test_span_to_tokens_searches_inward():
+    # [CLS] q [SEP] then context tokens: "ab" (0-2), "[UNK]" covering 3-6, "x" (7-8); whitespace at 2 and 6
+    offsets = offsets_for([(-1, -1), (-1, -1), (-1, -1), (0, 2), (3, 6), (7, 8), (-1, -1)])
+    assert span_to_tokens(offsets, 4, 5) == (4, 4)  # inside the multi-character [UNK]
+    assert span_to_tokens(offsets, 2, 8) == (4, 5)  # starts on whitespace: next token
+    assert span_to_tokens(offsets, 0, 7) == (3, 4)  # ends on whitespace: previous token
+    assert span_to_tokens(offsets, 1, 2) == (3, 3)  # inside a word piece
+    assert span_to_tokens(offsets, 7, 9) == (CLS_INDEX, CLS_INDEX)  # runs past the window
+
+
+def test_strip_span_skips_outer_whitespace():
+    assert strip_span(" ab ", 0, 4) == (1, 3)
+    assert strip_span("   ", 0, 3)[0] == strip_span("   ", 0, 3)[1]
+
+
+def test_labels_inside_window_at_last_token_and_cls_across_boundary(offline_tokenizer):
+    context = "".join(chr(0x4E00 + i) for i in range(60))
+    question = "问"
+    max_length, stride = 24, 6  # [CLS] 问 [SEP] ... [SEP]: 20 context tokens per window, step 14
+    last_of_first_window = context[19]
+    crossing = context[17:23]  # chars 17..22: crosses the end of window 0 (ends at 19), inside window 1 (14..33)
+    examples = [
+        example(context, last_of_first_window, qid="edge", question=question),
+        example(context, crossing, qid="cross", question=question),
+    ]
+    features = prepare_train_features(offline_tokenizer, examples, max_length, stride)
+    labels = list(
+        zip(
+            features["example_index"], features["context_start"], features["start_positions"], features["end_positions"]
+        )
+    )
+    assert (0, 0, 22, 22) in labels  # token 3 + 19 = 22, the last context token of window 0
+    assert (1, 0, CLS_INDEX, CLS_INDEX) in labels
+    assert (1, 14, 3 + 3, 3 + 8) in labels
+    assert min(features["start_positions"]) >= 0 and min(features["end_positions"]) >= 0
+    assert answer_coverage(features, 2) == 1.0
+
+
+def test_whitespace_and_unk_answers_map_to_their_tokens(offline_tokenizer):
+    context = "他说 ＡＢＣ公司 在北京"
+    examples = [example(context, " ＡＢＣ公司", qid="ws"), example(context, "ＢＣ公司", qid="unk")]
+    features = prepare_train_features(offline_tokenizer, examples)
+    for w in range(2):
+        ids = features["input_ids"][w]
+        tokens = offline_tokenizer.convert_ids_to_tokens(
+            ids[features["start_positions"][w] : features["end_positions"][w] + 1].tolist()
+        )
+        assert tokens == ["[UNK]", "公", "司"]
+
+
+def test_eval_features_keep_example_ids(offline_tokenizer):
+    examples = [example("甲乙丙" * 30, "乙", qid="a"), example("丁戊", "戊", qid="b")]
+    features = prepare_eval_features(offline_tokenizer, examples, 32, 8)
+    assert features["example_id"] == ["a" if i == 0 else "b" for i in features["example_index"]]
+    assert features["example_id"].count("a") > 1
+
+
+@pytest.mark.parametrize("split", ["dev", "trial"])
+def test_real_windows_equal_tokenizer_overflow(real_tokenizer, cmrc_dir, split):
+    examples, _ = load_squad(cmrc_file(split, cmrc_dir))
+    ours = build_windows(real_tokenizer, examples, 384, 128)
+    reference = encode_windows(real_tokenizer, [e.question for e in examples], [e.context for e in examples], 384, 128)
+    assert len(ours["input_ids"]) == len(reference["input_ids"])
+    assert all(list(a) == b for a, b in zip(ours["input_ids"], reference["input_ids"]))
