@@ -1,0 +1,143 @@
+import json
+import random
+
+import pytest
+import torch
+
+from qa_lib.batching import LengthGroupedBatches, pad_batch, padding_fraction
+from qa_lib.data import Answer, QAExample
+from qa_lib.models import load_qa_model
+from qa_lib.training import (
+    decay_parameter_groups,
+    get_accelerator,
+    preset,
+    resolve_mixed_precision,
+    same_seeds,
+    train_qa,
+)
+
+FILLER = "的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可主发年动同工也能下过子说产种面"
+
+
+def birth_year_examples(count, seed=0):
+    rng = random.Random(seed)
+    examples = []
+    for i in range(count):
+        name = rng.choice("张王李赵刘陈杨黄周吴") + rng.choice("伟芳娜敏静丽强磊军洋")
+        year = f"{rng.randint(1900, 2020)}年"
+        context = (
+            "".join(rng.choice(FILLER) for _ in range(rng.randint(10, 150))) + f"{name}出生于{year}。" + "其他" * 20
+        )
+        examples.append(QAExample(str(i), "", context, f"{name}出生于哪一年？", (Answer(year, context.index(year)),)))
+    return examples
+
+
+def smoke_model(tokenizer, config):
+    same_seeds(config.seed)
+    return load_qa_model("offline-tiny", tokenizer, **config.model_overrides)
+
+
+def test_loss_decreases(offline_tokenizer):
+    config = preset("smoke", max_steps=None, epochs=3)
+    history = train_qa(smoke_model(offline_tokenizer, config), offline_tokenizer, birth_year_examples(48), config)
+    losses = [epoch["loss"] for epoch in history["epochs"]]
+    assert losses[-1] < losses[0] - 0.3
+    assert {"start_acc", "end_acc", "lr", "samples_per_s"} <= set(history["epochs"][0])
+
+
+def test_resume_gives_the_same_next_step(offline_tokenizer, tmp_path):
+    config = preset("smoke", max_steps=6, save_every_steps=3, epochs=2)
+    examples = birth_year_examples(40)
+    straight = train_qa(
+        smoke_model(offline_tokenizer, config), offline_tokenizer, examples, config, output_dir=tmp_path / "a"
+    )
+
+    class Disconnect(Exception):
+        pass
+
+    calls = []
+
+    def accuracy_until_disconnect(predicted, gold):  # the Colab runtime dies during step 5
+        calls.append(1)
+        if len(calls) > 8:  # two calls (start, end) per batch
+            raise Disconnect
+        return 0.0
+
+    with pytest.raises(Disconnect):
+        train_qa(
+            smoke_model(offline_tokenizer, config),
+            offline_tokenizer,
+            examples,
+            config,
+            output_dir=tmp_path / "b",
+            span_accuracy=accuracy_until_disconnect,
+        )
+    assert [p.name for p in (tmp_path / "b").iterdir()] == ["step-3"]
+    resumed = train_qa(
+        smoke_model(offline_tokenizer, config),
+        offline_tokenizer,
+        examples,
+        config,
+        output_dir=tmp_path / "b",
+        resume=True,
+    )
+    assert [s["step"] for s in resumed["steps"]] == list(range(1, 7))
+    assert resumed["steps"][3]["loss"] == pytest.approx(straight["steps"][3]["loss"], abs=1e-6)
+    assert resumed["steps"][5]["loss"] == pytest.approx(straight["steps"][5]["loss"], abs=1e-6)
+    assert json.loads((tmp_path / "b" / "history.json").read_text())["steps"][-1]["step"] == 6
+    assert not list((tmp_path / "b").rglob("*.bin")) and not list((tmp_path / "b").rglob("*.pt"))
+
+
+def test_student_functions_drive_the_progress_metrics(offline_tokenizer):
+    calls = []
+
+    def student_accuracy(predicted, gold):
+        calls.append(len(gold))
+        return 0.25
+
+    config = preset("smoke", max_steps=2)
+    history = train_qa(
+        smoke_model(offline_tokenizer, config),
+        offline_tokenizer,
+        birth_year_examples(12),
+        config,
+        span_accuracy=student_accuracy,
+    )
+    assert calls and history["epochs"][0]["start_acc"] == pytest.approx(0.25)
+
+
+def test_no_weight_decay_on_bias_and_layernorm(offline_tokenizer):
+    model = load_qa_model("offline-tiny", offline_tokenizer, **preset("smoke").model_overrides)
+    decay, no_decay = decay_parameter_groups(model, 0.01)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(not names[id(p)].endswith("bias") and "LayerNorm" not in names[id(p)] for p in decay["params"])
+    assert any("LayerNorm" in names[id(p)] for p in no_decay["params"]) and no_decay["weight_decay"] == 0.0
+
+
+def test_mixed_precision_choice_on_cpu():
+    assert resolve_mixed_precision("auto") == "no"
+    with pytest.raises(ValueError, match="fp16 needs a CUDA GPU"):
+        resolve_mixed_precision("fp16")
+    with pytest.raises(ValueError, match="mixed_precision must be one of"):
+        resolve_mixed_precision("fp8")
+
+
+def test_rerunning_reuses_the_accelerator_and_explains_a_precision_change():
+    assert get_accelerator("no").mixed_precision == "no"
+    assert get_accelerator("auto").mixed_precision == "no"  # the same cell run twice
+    with pytest.raises(RuntimeError, match="reset_accelerator"):
+        get_accelerator("bf16")
+
+
+def test_dynamic_padding_and_length_grouping():
+    rows = [{"input_ids": [1] * n, "token_type_ids": [0] * n, "start_positions": 0, "end_positions": 0} for n in (3, 9)]
+    batch = pad_batch(rows)
+    assert batch["input_ids"].shape == (2, 16) and batch["attention_mask"].sum().item() == 12
+    lengths = [random.Random(i).randint(50, 512) for i in range(400)]
+    grouped = LengthGroupedBatches(lengths, 8, seed=1)
+    plain = LengthGroupedBatches(lengths, 8, seed=1, group=1)
+    assert sorted(i for b in grouped for i in b) == list(range(400))
+    assert padding_fraction(list(grouped), lengths) < padding_fraction(list(plain), lengths) / 3
+    grouped.set_epoch(1)
+    assert list(grouped) != list(LengthGroupedBatches(lengths, 8, seed=1))
+    assert torch.equal(torch.tensor(list(grouped)[0]), torch.tensor(list(grouped)[0]))
