@@ -211,8 +211,9 @@ def fit(
 
     ``batches`` yields lists of dataset indices (reseeded per epoch); ``collate`` turns rows into
     tensors; ``batch_metrics(batch, outputs)`` adds numbers to the progress bar; ``evaluate(model)``
-    runs after each epoch. ``optimizer_factory(model, lr=...)`` replaces :func:`make_optimizer`. With ``output_dir``, checkpoints are written there at each epoch end and
-    every ``config.save_every_steps`` optimizer steps, and ``resume=True`` continues from the newest.
+    runs after each epoch; ``optimizer_factory(model, lr=...)`` replaces :func:`make_optimizer`.
+    With ``output_dir``, checkpoints are written there at each epoch end and every
+    ``config.save_every_steps`` optimizer steps, and ``resume=True`` continues from the newest.
     """
     accelerator = get_accelerator(config.mixed_precision)
     if optimizer_factory is None:
