@@ -50,11 +50,14 @@ def tiny_bert_config(tokenizer: BertTokenizerFast, **overrides) -> BertConfig:
     """A BERT small enough to train on two CPU cores in minutes, sized for ``tokenizer``."""
     settings = dict(
         vocab_size=vocabulary_size(tokenizer),
-        hidden_size=128,
+        hidden_size=64,
         num_hidden_layers=2,
-        num_attention_heads=4,
+        num_attention_heads=2,
         intermediate_size=256,
         max_position_embeddings=512,
+        # Without dropout on attention probabilities PyTorch runs its fused attention kernel:
+        # 3-4x faster on CPU at 512 tokens.
+        attention_probs_dropout_prob=0.0,
         pad_token_id=tokenizer.pad_token_id,
     )
     settings.update(overrides)

@@ -1,0 +1,38 @@
+# Two commands for a fresh machine: `make demo` and `make test`.
+# Both create .venv when it is missing and install the kit into it.
+#
+# CPU machines install torch==$(TORCH_VERSION) first (a CPU build here; a bare `pip install torch`
+# would pull a multi-GB CUDA build). GPU users: install the CUDA build for your driver into .venv
+# first (see README), then run make; pip keeps the torch that is already there.
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_VERSION ?= 2.13.0
+BIN := $(VENV)/bin
+SHARED_DATA ?= ../shared/data
+
+# Real data for the demo and the tests, when it sits next to the checkout (CI sets these too).
+export QA_KIT_CMRC_DIR ?= $(if $(wildcard $(SHARED_DATA)/cmrc2018/cmrc2018_dev.json),$(abspath $(SHARED_DATA)/cmrc2018))
+export QA_KIT_VOCAB_DIR ?= $(if $(wildcard $(SHARED_DATA)/bert-base-chinese/vocab.txt),$(abspath $(SHARED_DATA)/bert-base-chinese))
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: demo test lint release clean
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m ipykernel install --user --name python3 >/dev/null
+	touch $@
+
+demo: $(BIN)/.installed
+	$(BIN)/qa-kit demo
+
+test: $(BIN)/.installed
+	$(BIN)/ruff check qa_lib tests bench
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,105 @@
+import json
+
+import pytest
+
+from qa_lib.cli import main
+from qa_lib.data import examples_from_squad
+from qa_lib.models import load_qa_model
+from qa_lib.predict import answer, predict_examples, write_predictions
+from qa_lib.synthetic import generate_squad
+from qa_lib.training import preset, same_seeds
+
+
+@pytest.fixture(scope="module")
+def tiny_model(offline_tokenizer):
+    same_seeds(0)
+    return load_qa_model("offline-tiny", offline_tokenizer, **preset("smoke").model_overrides)
+
+
+@pytest.mark.parametrize("repeat", [1, 40])
+def test_answer_lies_inside_the_context_for_short_and_long_contexts(tiny_model, offline_tokenizer, repeat):
+    context = "北京是中华人民共和国的首都，位于华北平原的北部。" * repeat
+    result = answer(
+        "中国的首都是哪里？", context, tiny_model, offline_tokenizer, top_k=3, max_length=128, doc_stride=32
+    )
+    assert 0 <= result["start"] <= result["end"] <= len(context)
+    assert result["text"] == context[result["start"] : result["end"]] and result["text"]
+    assert 1 <= len(result["nbest"]) <= 3
+    assert [c["score"] for c in result["nbest"]] == sorted((c["score"] for c in result["nbest"]), reverse=True)
+
+
+def test_answer_refuses_the_batch_of_two_texts_mistake(tiny_model, offline_tokenizer):
+    with pytest.raises(TypeError, match="two arguments"):
+        answer(["北京是首都。", "首都是哪里？"], "北京是首都。", tiny_model, offline_tokenizer)
+
+
+def test_truncation_only_sees_the_first_window(tiny_model, offline_tokenizer):
+    examples, _ = examples_from_squad(generate_squad(3, seed=5))
+    windows, _ = predict_examples(tiny_model, offline_tokenizer, examples, 128, 32)
+    truncated, nbest = predict_examples(tiny_model, offline_tokenizer, examples, 128, 32, first_window_only=True)
+    assert set(windows) == set(truncated) == {e.id for e in examples}
+    for example in examples:
+        for candidate in nbest[example.id]:
+            assert candidate.end_char <= len(example.context[:400])  # 128 tokens reach at most ~120 characters
+
+
+@pytest.fixture()
+def squad_file(tmp_path):
+    path = tmp_path / "small.json"
+    path.write_text(json.dumps(generate_squad(4, seed=3), ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def last_json_line(capsys):
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_cli_train_predict_evaluate_end_to_end(squad_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert (
+        main(
+            [
+                "train",
+                "--preset",
+                "smoke",
+                "--train",
+                str(squad_file),
+                "--eval",
+                str(squad_file),
+                "--output-dir",
+                str(out),
+                "--json",
+            ]
+        )
+        == 0
+    )
+    trained = last_json_line(capsys)
+    assert trained["em"] is not None and (out / "final" / "model.safetensors").is_file()
+    assert (
+        main(["predict", "--model", str(out / "final"), "--data", str(squad_file), "--output-dir", str(tmp_path / "p")])
+        == 0
+    )
+    predictions = json.loads((tmp_path / "p" / "predictions.json").read_text(encoding="utf-8"))
+    assert len(predictions) == 24 and (tmp_path / "p" / "nbest_predictions.json").is_file()
+    capsys.readouterr()
+    assert main(["evaluate", str(squad_file), str(tmp_path / "p" / "predictions.json")]) == 0
+    scores = last_json_line(capsys)
+    assert scores["TOTAL"] == 24 and scores["SKIP"] == 0 and 0 <= scores["EM"] <= 100
+    assert (
+        main(["predict", "--model", str(out / "final"), "--question", "谁？", "--context", "张伟是老师。", "--json"])
+        == 0
+    )
+    assert last_json_line(capsys)["text"]
+
+
+def test_cli_errors_are_one_clear_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["evaluate", str(tmp_path / "missing.json"), str(tmp_path / "p.json")]) == 2
+    assert "missing.json: file not found" in capsys.readouterr().err
+    assert main(["predict", "--model", "bert-base-chinese", "--question", "q", "--context", "c"]) == 2
+    assert "offline-tiny" in capsys.readouterr().err
+    monkeypatch.delenv("QA_KIT_CMRC_DIR", raising=False)
+    assert main(["train", "--train", "trial"]) == 2
+    assert "QA_KIT_CMRC_DIR" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
