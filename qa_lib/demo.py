@@ -27,6 +27,7 @@ from .training import preset, same_seeds, train_qa
 
 VOCAB_DIR_VARIABLE = "QA_KIT_VOCAB_DIR"
 DEMO_TRAIN_ARTICLES, DEMO_EVAL_ARTICLES = 160, 30
+ROW_NAMES = {"windows": "sliding windows", "truncation": "truncation at 512 (assignment)"}
 
 
 def references_of(examples: Sequence[QAExample]) -> dict[str, list[str]]:
@@ -78,7 +79,8 @@ def report_data(say) -> dict:
     stats = data_report(tokenizer, examples, report.summary())
     say(f"\n== Data: {source} ==\n{stats['loading']}")
     say(
-        f"{stats['windows']} windows of 512 tokens (stride 128) for {stats['questions']} questions ({stats['windows_per_question']:.2f} per question)"
+        f"{stats['windows']} windows of 512 tokens (stride 128) for {stats['questions']} questions "
+        f"({stats['windows_per_question']:.2f} per question)"
     )
     say(f"answers inside the first 512 tokens (truncation): {100 * stats['covered_by_truncation']:.1f}%")
     say(f"answers inside some window (sliding windows):   {100 * stats['covered_by_windows']:.1f}%")
@@ -115,7 +117,7 @@ def train_demo(say, output_dir: str | Path = "runs/demo", quick: bool = False) -
     say(f"\n{'held-out synthetic questions':<32}{'EM':>8}{'F1':>8}")
     for name in ("windows", "truncation"):
         say(
-            f"{'sliding windows' if name == 'windows' else 'truncation at 512 (assignment)':<32}{results[name][0]:>8.1f}{results[name][1]:>8.1f}"
+            f"{ROW_NAMES[name]:<32}{results[name][0]:>8.1f}{results[name][1]:>8.1f}"
         )
     for example in held_out[:3]:
         say(f"Q: {example.question}  gold: {example.answers[0].text}  predicted: {results['windows'][2][example.id]}")

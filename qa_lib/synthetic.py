@@ -2,22 +2,21 @@
 
 Each article is a Chinese encyclopedia-style text about several made-up entities (people, companies,
 cities, mountains, rivers). Every entity contributes fact sentences (出生于, 创立, 位于, 人口为, ...),
-and generic filler sentences pad the text to 600-1200 characters, so that roughly 30-50 % of the
+and generic filler sentences pad the text to 600-1200 characters, so that roughly 40 % of the
 answers lie beyond the first 512-token window: truncation misses them, sliding windows find them.
 
-Why a tiny randomly initialised BERT can learn it in minutes: a question repeats the entity name
-and the relation word of the sentence that answers it ("张伟出生于哪一天？" / "……张伟出生于1987年3月12日。……"),
-so the model only has to find the matching sentence and copy its slot. Why it is not trivial: every
-article holds several entities of each kind, so the same relation and answer type occur several
-times (a 2-layer model that only learnt "pick a date" scores low), sentence order is random, and
-questions are paraphrased.
+What makes it learnable: a question repeats the entity name and the relation word of the sentence
+that answers it ("张伟出生于哪一天？" / "……张伟出生于1987年3月12日。……"), so a model only has to find the
+matching sentence and copy its slot. What keeps it from being trivial: every article holds several
+entities of each kind, so the same relation and answer type occur several times (picking "a date"
+is not enough), sentence order is random, and questions are paraphrased.
 
 Guarantees: all names in an article are distinct and none contains another; every answer occurs
-exactly once in its context at ``answer_start``; output depends only on the arguments
+exactly once in its context, at ``answer_start``; output depends only on the arguments
 (``random.Random(seed)``, no global state).
 
 Train/eval split: call ``generate_squad`` (or ``write_squad``) twice with different seeds, e.g.
-seed 0 for training and seed 1 for evaluation. Question ids contain the seed, so they never clash.
+seed 0 for training and seed 1 for evaluation. Ids contain the seed, so they never clash.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ from __future__ import annotations
 import json
 import os
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +35,7 @@ DEFAULT_MAX_CONTEXT_CHARS = 1200
 # No filler sentence is longer than this (a test checks it); an article keeps this much room below its
 # maximum length so that the last filler always fits.
 FILLER_ROOM = 32
-# The smallest context that one entity block plus fillers can fill without overshooting.
+# Shorter contexts would hold little more than one entity block, hence no distractors.
 MIN_CONTEXT_FLOOR = 200
 # Draws per value before an article's pool of names counts as exhausted.
 MAX_DRAWS = 1000
@@ -82,7 +81,19 @@ GENERIC_FILLERS = (
     "有关部门表示将继续推进相关工作。",
     "当地的饮食以清淡为主，特色小吃众多。",
     "不少年轻人选择留在家乡创业。",
+    "这里的山水风光吸引了不少摄影爱好者。",
+    "早在明清时期，这一带就已形成繁华的集市。",
+    "当地的方言与周边地区略有不同。",
+    "这些做法后来被其他地方广泛借鉴。",
+    "据当地老人回忆，过去的生活十分艰苦。",
+    "城区的老街保留着许多传统风貌。",
+    "当地的茶叶和水果远近闻名。",
+    "不少外地企业也在这里设立了办事处。",
+    "有关这段经历的报道曾登上多家报纸。",
+    "周边的村镇近年来也发生了明显的变化。",
 )
+# Chance that an entity filler comes before the next generic one.
+ENTITY_FILLER_SHARE = 0.3
 # Fillers that name an entity without stating a fact: distractors that share the entity but not the relation.
 ENTITY_FILLERS = (
     "{e}的名字在当地几乎家喻户晓。",
@@ -236,19 +247,23 @@ def _draw_facts(rng: random.Random, names: _ArticleNames, fact_chars: int) -> li
     return facts
 
 
-def _filler(rng: random.Random, subjects: Sequence[str]) -> str:
-    if rng.random() < 0.3:
-        return rng.choice(ENTITY_FILLERS).format(e=rng.choice(subjects))
-    return rng.choice(GENERIC_FILLERS)
+def _fillers(rng: random.Random, subjects: Sequence[str]) -> Iterator[str]:
+    """Endless filler sentences. Generic ones come from a reshuffled deck, so that an article repeats
+    one only after using them all; entity fillers are mixed in at random."""
+    while True:
+        for generic in rng.sample(GENERIC_FILLERS, len(GENERIC_FILLERS)):
+            if rng.random() < ENTITY_FILLER_SHARE:
+                yield rng.choice(ENTITY_FILLERS).format(e=rng.choice(subjects))
+            yield generic
 
 
 def _interleave_fillers(rng: random.Random, facts: list[Fact], target_chars: int) -> list[str | Fact]:
     """Insert filler sentences at random places until the text reaches ``target_chars``."""
     pieces: list[str | Fact] = list(facts)
-    subjects = sorted({fact.subject for fact in facts})
+    fillers = _fillers(rng, sorted({fact.subject for fact in facts}))
     length = sum(len(fact.sentence) for fact in facts)
     while length < target_chars:
-        filler = _filler(rng, subjects)
+        filler = next(fillers)
         pieces.insert(rng.randint(0, len(pieces)), filler)
         length += len(filler)
     return pieces
@@ -307,7 +322,8 @@ def generate_squad(
     """A SQuAD v1 dataset of ``num_articles`` synthetic Chinese articles, one paragraph each.
 
     Context lengths fall in [min_context_chars, max_context_chars], roughly uniformly. Each paragraph gets
-    ``questions_per_article`` questions about distinct facts. Ids look like ``SYN_<seed>_<article>_Q<n>``.
+    ``questions_per_article`` questions about distinct facts, fewer only if it states fewer facts (a
+    600-character article states about 20). Ids look like ``SYN_<seed>_<article>_Q<n>``.
     The same arguments always give the same dataset; use another seed for a held-out set."""
     _check_arguments(num_articles, questions_per_article, min_context_chars, max_context_chars)
     rng = random.Random(seed)
