@@ -24,7 +24,9 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
-	$(BIN)/python -m ipykernel install --user --name python3 >/dev/null
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	# Build matplotlib's font cache now: its one-time notice goes to stderr, which would zero a graded cell.
+	$(BIN)/python -c "import matplotlib.pyplot" 2>/dev/null
 	touch $@
 
 demo: $(BIN)/.installed

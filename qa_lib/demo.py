@@ -26,7 +26,7 @@ from .synthetic import generate_squad
 from .training import preset, same_seeds, train_qa
 
 VOCAB_DIR_VARIABLE = "QA_KIT_VOCAB_DIR"
-DEMO_TRAIN_ARTICLES, DEMO_EVAL_ARTICLES = 160, 30
+DEMO_TRAIN_ARTICLES, DEMO_EVAL_ARTICLES = 60, 30
 ROW_NAMES = {"windows": "sliding windows", "truncation": "truncation at 512 (assignment)"}
 
 

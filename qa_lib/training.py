@@ -71,14 +71,14 @@ PRESETS: dict[str, TrainConfig] = {
     # The recipe published with Chinese-BERT-wwm for bert-base-chinese on CMRC 2018 (dev EM 65.5 / F1 84.5
     # with the full 10k training set): 512/128 windows, lr 3e-5, batch 32, 2 epochs, fp16 on a T4.
     "colab-t4": TrainConfig(),
-    # The offline demo: tiny random BERT, synthetic data, two CPU cores, about two minutes.
+    # The offline demo: tiny random BERT, synthetic data, two CPU cores, a few minutes.
     "cpu-demo": TrainConfig(
         model="offline-tiny",
-        learning_rate=1e-3,
+        learning_rate=3e-3,
         weight_decay=0.01,
         batch_size=16,
         gradient_accumulation_steps=1,
-        epochs=6,
+        epochs=8,
         warmup_ratio=0.1,
         mixed_precision="no",
         save_every_steps=None,
@@ -216,6 +216,7 @@ def fit(
     ``config.save_every_steps`` optimizer steps, and ``resume=True`` continues from the newest.
     """
     accelerator = get_accelerator(config.mixed_precision)
+    model.to(accelerator.device)  # before the optimizer, so that make_optimizer picks the fused CUDA kernel
     if optimizer_factory is None:
         optimizer = make_optimizer(model, config.learning_rate, config.weight_decay)
     else:  # the student's make_optimizer(model, lr)
