@@ -9,9 +9,15 @@ Each module holds one concept and names the notebook section that teaches it:
 - models    -- tokenizer/model loading, offline tokenizer, tiny config  (notebook 1 s.0)
 - training  -- the Accelerate AMP training loop and presets             (notebook 1 s.3)
 - predict   -- answer() for contexts of any length, batch prediction    (notebook 1 s.5, notebook 2 s.1)
-- wwm       -- Chinese whole word masking and MLM pretraining           (notebook 2 s.3)
+- batching  -- dataset, dynamic padding, length-grouped batches          (notebook 1 s.3)
+- checkpoint -- resumable checkpoints without pickles                   (notebook 1 s.3)
+- wwm       -- Chinese whole word masking: jieba word ids, collator     (notebook 2 s.3)
+- pretraining -- continued MLM pretraining through the training loop    (notebook 2 s.3)
+- backbones -- Chinese BERT backbones and their published CMRC results  (notebook 2 s.3)
 - synthetic -- the offline synthetic Chinese QA generator               (demo)
 - plots     -- learning curves, length histogram, start/end probabilities
+- demo      -- the offline demo behind `make demo`
+- grading   -- notebook checks and nbgrader helpers                     (instructors)
 - cli       -- the `qa-kit` command
 """
 

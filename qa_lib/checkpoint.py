@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from transformers.utils import logging as hf_logging
+
+from .models import no_progress_bars
 
 CHECKPOINT_PREFIX = "step-"
 
@@ -71,13 +72,8 @@ def save_checkpoint(folder: str | os.PathLike, model, tokenizer, optimizer, sche
     """Save everything needed to continue training; ``progress`` holds step/epoch counters (JSON)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    bars_were_on = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # a "writing shards" bar per checkpoint would bury the training bar
-    try:
+    with no_progress_bars():
         model.save_pretrained(folder)
-    finally:
-        if bars_were_on:
-            hf_logging.enable_progress_bar()
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
     opt_tensors, opt_rest = optimizer_tensors(optimizer)

@@ -12,9 +12,11 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from transformers import BertConfig, BertForQuestionAnswering, BertTokenizerFast, PreTrainedModel
+from transformers.utils import logging as hf_logging
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 # A real BERT vocabulary has thousands of entries; a "tokenizer" with fewer is the offline trap.
@@ -76,11 +78,11 @@ def check_tokenizer(tokenizer, source: str) -> None:
     if size < MIN_REAL_VOCAB:
         raise ModelFilesMissing(
             f"tokenizer from {source!r} has only {size} tokens: its vocabulary was not found. "
-            + _how_to_get_files(source)
+            + how_to_get_files(source)
         )
 
 
-def _how_to_get_files(name: str) -> str:
+def how_to_get_files(name: str) -> str:
     return (
         f"Get the files for {name!r} in one of three ways: (1) go online once so the hub caches them "
         f"(unset HF_HUB_OFFLINE); (2) download the model folder (config.json, vocab.txt, "
@@ -102,7 +104,7 @@ def hub_is_offline() -> bool:
     return False
 
 
-def _local_only(source: str) -> bool:
+def local_files_only(source: str) -> bool:
     return Path(source).is_dir() or hub_is_offline()
 
 
@@ -115,9 +117,9 @@ def load_tokenizer(name_or_path: str | os.PathLike) -> BertTokenizerFast:
     if source == OFFLINE_NAME:
         return build_offline_tokenizer()
     try:
-        tokenizer = BertTokenizerFast.from_pretrained(source, local_files_only=_local_only(source))
+        tokenizer = BertTokenizerFast.from_pretrained(source, local_files_only=local_files_only(source))
     except (OSError, ValueError) as error:
-        raise ModelFilesMissing(f"cannot load tokenizer {source!r}: {error}. " + _how_to_get_files(source)) from error
+        raise ModelFilesMissing(f"cannot load tokenizer {source!r}: {error}. " + how_to_get_files(source)) from error
     check_tokenizer(tokenizer, source)
     return tokenizer
 
@@ -130,13 +132,29 @@ def load_qa_model(name_or_path: str | os.PathLike, tokenizer=None, **config_over
     if source == OFFLINE_NAME:
         return BertForQuestionAnswering(tiny_bert_config(tokenizer or build_offline_tokenizer(), **config_overrides))
     try:
-        return BertForQuestionAnswering.from_pretrained(source, local_files_only=_local_only(source))
+        with no_progress_bars():
+            return BertForQuestionAnswering.from_pretrained(source, local_files_only=local_files_only(source))
     except (OSError, ValueError) as error:
-        raise ModelFilesMissing(f"cannot load model {source!r}: {error}. " + _how_to_get_files(source)) from error
+        raise ModelFilesMissing(f"cannot load model {source!r}: {error}. " + how_to_get_files(source)) from error
 
 
-def save_tokenizer_folder(tokenizer, folder: str | os.PathLike) -> Path:
-    """Save ``tokenizer`` so that ``load_tokenizer(folder)`` gives it back."""
+@contextmanager
+def no_progress_bars():
+    """Silence transformers' "Loading weights"/"Writing model shards" bars, which draw on stderr
+    (a notebook cell must keep stderr empty) and would bury the training bar."""
+    bars_were_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if bars_were_on:
+            hf_logging.enable_progress_bar()
+
+
+def save_model_folder(model, tokenizer, folder: str | os.PathLike) -> Path:
+    """Save ``model`` and ``tokenizer`` so that ``load_tokenizer(folder)`` and the model loaders load them."""
     folder = Path(folder)
+    with no_progress_bars():
+        model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

@@ -4,7 +4,7 @@ Taught in notebook 1, section 3 ("fine-tune with Accelerate and AMP"). The loop 
 on purpose (no ``Trainer``): every step the assignment teaches is a visible line below.
 
 One loop serves both fine-tuning for QA (:func:`train_qa`) and continued MLM pretraining
-(``qa_lib.wwm_pretraining``): they differ only in data, per-batch metrics and evaluation.
+(``qa_lib.pretraining``): they differ only in data, per-batch metrics and evaluation.
 """
 
 from __future__ import annotations
@@ -287,7 +287,7 @@ def fit(
         complete = finished == len(epoch_batches)
         if output_dir:
             save(epoch + 1, 0) if complete else save(epoch, finished)
-        if not complete:
+        if not complete or (config.max_steps and progress["step"] >= config.max_steps):
             break
     if output_dir:
         Path(output_dir, "history.json").write_text(json.dumps(history, indent=1), encoding="utf-8")
