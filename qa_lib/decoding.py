@@ -12,7 +12,6 @@ spans with ``start <= end < start + max_answer_length`` inside the context. Scor
 from __future__ import annotations
 
 import unicodedata
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -92,7 +91,7 @@ def best_spans(
     return starts[..., 0], ends[..., 0], scores[..., 0]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Candidate:
     text: str
     score: float
@@ -139,39 +138,104 @@ def extend_over_marks(context: str, end: int) -> int:
     return end
 
 
-def nbest_answers(
-    context: str, scores: np.ndarray, start_chars: np.ndarray, end_chars: np.ndarray, n_best: int
-) -> list[Candidate]:
-    """Merge one example's window candidates: best first, one entry per character span."""
-    best_by_span: dict[tuple[int, int], float] = {}
-    for score, start, end in zip(scores.ravel().tolist(), start_chars.ravel().tolist(), end_chars.ravel().tolist()):
-        end = extend_over_marks(context, end)
-        if score != float("-inf") and score > best_by_span.get((start, end), float("-inf")):
-            best_by_span[(start, end)] = score
-    ranked = sorted(best_by_span.items(), key=lambda item: -item[1])[:n_best]
-    if not ranked:
-        return []
-    probabilities = torch.softmax(torch.tensor([score for _, score in ranked], dtype=torch.float64), dim=0).tolist()
-    return [
-        Candidate(context[start:end], score, start, end, probability)
-        for ((start, end), score), probability in zip(ranked, probabilities)
-    ]
+def group_starts(*keys: np.ndarray) -> np.ndarray:
+    """Indices where sorted key arrays start a new group (any key changes)."""
+    changed = np.zeros(len(keys[0]) - 1, dtype=bool) if len(keys[0]) else np.zeros(0, dtype=bool)
+    for key in keys:
+        changed |= key[1:] != key[:-1]
+    return np.flatnonzero(np.r_[True, changed]) if len(keys[0]) else np.zeros(0, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class RankedSpans:
+    """Every question's distinct candidate spans, best first, as flat arrays grouped by question."""
+
+    question: np.ndarray  # example index of each span, grouped and ascending
+    score: np.ndarray
+    start_char: np.ndarray
+    end_char: np.ndarray
+    probability: np.ndarray  # softmax of the scores within the question's list
+
+    @classmethod
+    def merge(cls, examples: Sequence[QAExample], question, score, start_char, end_char, n_best: int) -> RankedSpans:
+        """Drop invalid spans, keep each character span once (its best score) and the ``n_best``
+        best per question -- with array sorts over all questions at once, not a loop per question."""
+        valid = np.isfinite(score)
+        question, score, start_char, end_char = question[valid], score[valid], start_char[valid], end_char[valid]
+        # Combining marks are rare: look for them once per distinct context, then fix only those spans.
+        marked = {c for c in {e.context for e in examples} if any(map(unicodedata.combining, set(c)))}
+        has_marks = np.array([example.context in marked for example in examples], dtype=bool)
+        for i in np.flatnonzero(has_marks[question]):
+            end_char[i] = extend_over_marks(examples[question[i]].context, end_char[i])
+        order = np.lexsort((-score, end_char, start_char, question))
+        first = order[group_starts(question[order], start_char[order], end_char[order])]
+        order = first[np.lexsort((-score[first], question[first]))]
+        question, score, start_char, end_char = question[order], score[order], start_char[order], end_char[order]
+        starts = group_starts(question)
+        rank = np.arange(len(question)) - np.repeat(starts, np.diff(np.r_[starts, len(question)]))
+        kept = rank < n_best
+        question, score, start_char, end_char = question[kept], score[kept], start_char[kept], end_char[kept]
+        starts = group_starts(question)
+        exp = np.exp(score.astype(np.float64) - np.repeat(score[starts], np.diff(np.r_[starts, len(question)])))
+        probability = exp / np.repeat(np.add.reduceat(exp, starts), np.diff(np.r_[starts, len(question)]))
+        return cls(question, score, start_char, end_char, probability)
+
+
+class NBestLists(Mapping):
+    """``{question_id: [Candidate, ...]}`` built on access: training-time evaluation only needs the
+    best answers, so the 20 candidates per question are made only when someone asks for them."""
+
+    def __init__(self, examples: Sequence[QAExample], spans: RankedSpans):
+        self.examples, self.spans = examples, spans
+        starts = group_starts(spans.question)
+        ends = np.r_[starts[1:], len(spans.question)]
+        self.rows = {int(spans.question[s]): (int(s), int(e)) for s, e in zip(starts, ends)}
+        self.index = {example.id: i for i, example in enumerate(examples)}
+
+    def __getitem__(self, question_id: str) -> list[Candidate]:
+        index = self.index[question_id]
+        first, last = self.rows.get(index, (0, 0))
+        context, spans = self.examples[index].context, self.spans
+        return [
+            Candidate(context[start:end], score, start, end, probability)
+            for score, start, end, probability in zip(
+                spans.score[first:last].tolist(),
+                spans.start_char[first:last].tolist(),
+                spans.end_char[first:last].tolist(),
+                spans.probability[first:last].tolist(),
+            )
+        ]
+
+    def __iter__(self):
+        return (example.id for example in self.examples)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def best_texts(self) -> dict[str, str]:
+        """The top answer of every question (``""`` where no valid span exists)."""
+        return {
+            example.id: example.context[self.spans.start_char[rows[0]] : self.spans.end_char[rows[0]]]
+            if (rows := self.rows.get(i))
+            else ""
+            for i, example in enumerate(self.examples)
+        }
 
 
 def pad_windows(
     start_logits: Sequence, end_logits: Sequence, offsets: Sequence[np.ndarray]
 ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """Stack windows of different lengths; padding gets logit ``-inf`` and offset ``NOT_CONTEXT``."""
-    longest = max(len(o) for o in offsets)
-    starts = torch.full((len(offsets), longest), float("-inf"))
-    ends = torch.full((len(offsets), longest), float("-inf"))
-    stacked = np.full((len(offsets), longest, 2), NOT_CONTEXT, dtype=np.int64)
-    for w, window_offsets in enumerate(offsets):
-        n = len(window_offsets)
-        starts[w, :n] = torch.as_tensor(np.asarray(start_logits[w][:n], dtype=np.float32))
-        ends[w, :n] = torch.as_tensor(np.asarray(end_logits[w][:n], dtype=np.float32))
-        stacked[w, :n] = window_offsets
-    return starts, ends, stacked
+    lengths = np.array([len(o) for o in offsets])
+    rows = np.repeat(np.arange(len(offsets)), lengths)
+    columns = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    shape = (len(offsets), lengths.max())
+    starts, ends = np.full(shape, -np.inf, dtype=np.float32), np.full(shape, -np.inf, dtype=np.float32)
+    starts[rows, columns] = np.concatenate([np.asarray(s[:n], dtype=np.float32) for s, n in zip(start_logits, lengths)])
+    ends[rows, columns] = np.concatenate([np.asarray(e[:n], dtype=np.float32) for e, n in zip(end_logits, lengths)])
+    stacked = np.full((*shape, 2), NOT_CONTEXT, dtype=np.int64)
+    stacked[rows, columns] = np.concatenate(offsets)
+    return torch.from_numpy(starts), torch.from_numpy(ends), stacked
 
 
 def postprocess_predictions(
@@ -183,25 +247,20 @@ def postprocess_predictions(
     max_answer_length: int = DEFAULT_MAX_ANSWER_LENGTH,
     candidate_positions: int | None = None,
     chunk: int = 256,
-) -> tuple[dict[str, str], dict[str, list[Candidate]]]:
+) -> tuple[dict[str, str], NBestLists]:
     """Predictions ``{question_id: answer}`` and n-best lists across all windows of each example.
 
     ``start_logits[w]``/``end_logits[w]`` are window ``w``'s logits (any padding beyond the
     window's offsets is ignored). Windows are scored ``chunk`` at a time to bound memory. An
     example whose windows hold no valid span gets ``""``.
     """
-    windows_of = defaultdict(list)
-    for window, example_index in enumerate(features["example_index"]):
-        windows_of[example_index].append(window)
     parts = []
     for first in range(0, len(features["offsets"]), chunk):
         part = slice(first, first + chunk)
         starts, ends, offsets = pad_windows(start_logits[part], end_logits[part], features["offsets"][part])
         parts.append(window_candidates(starts, ends, offsets, max_answer_length, n_best, candidate_positions))
     scores, start_chars, end_chars = (np.concatenate([p[i] for p in parts]) for i in range(3))
-    predictions, nbest = {}, {}
-    for index, example in enumerate(examples):
-        rows = windows_of[index]
-        nbest[example.id] = nbest_answers(example.context, scores[rows], start_chars[rows], end_chars[rows], n_best)
-        predictions[example.id] = nbest[example.id][0].text if nbest[example.id] else ""
-    return predictions, nbest
+    question = np.repeat(np.asarray(features["example_index"], dtype=np.int64), scores.shape[1])
+    spans = RankedSpans.merge(examples, question, scores.ravel(), start_chars.ravel(), end_chars.ravel(), n_best)
+    nbest = NBestLists(examples, spans)
+    return nbest.best_texts(), nbest

@@ -1,0 +1,234 @@
+"""Benchmark: labelled training windows (512 tokens, stride 128) for every CMRC 2018 dev question.
+
+Three ways to the same windows, each timed best-of-N in this one run:
+
+- naive: what a course notebook does, one tokenizer call per (question, context) pair and a Python
+  scan over each window's offsets to find the answer tokens;
+- batched: the tokenizer's own overflow on the whole batch (``encode_windows``) + ``label_windows``,
+  the middle point: one call, but every context is still tokenised once per question;
+- ours: ``prepare_train_features``, which tokenises each distinct context once (CMRC has ~3.8
+  questions per paragraph) and cuts windows out of arrays.
+
+All three must give identical input ids. Labels of the naive scan may differ from ours only where
+the answer's first or last character has no token of its own (whitespace, or a character the BERT
+normaliser drops): the scan then takes the neighbouring token outside the answer, ours the nearest
+one inside it. Those differences are counted and shown; any other difference fails the run. An
+answer that starts or ends inside a multi-character token (an ``[UNK]`` over several characters, a
+word piece) maps to that token in both.
+
+Run: ``python bench/preprocess.py`` with QA_KIT_CMRC_DIR and QA_KIT_VOCAB_DIR set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from common import (
+    DOC_STRIDE,
+    MAX_LENGTH,
+    best_of,
+    emit,
+    load_dev_data,
+    machine,
+    print_timings,
+    repeats_argument,
+    seconds_record,
+)
+
+from qa_lib.data import QAExample
+from qa_lib.features import CLS_INDEX, NOT_CONTEXT, encode_windows, label_windows, prepare_train_features
+
+GOAL_SECONDS = 3.0  # ours, on 2 cores
+# A round costs ~12 s on two cores (the two references take ~5 s each); two rounds keep the whole run
+# under a minute, and interleaved rounds with a best of two already discard one noisy run per side.
+DEFAULT_REPEATS = 2
+CONTEXT_SEQUENCE = 1  # sequence id of the context in a question-first pair encoding
+
+
+# --- The course-notebook way --------------------------------------------------------------------
+
+
+def scan_answer_tokens(
+    offsets: Sequence[tuple[int, int]], sequence_ids: Sequence[int | None], start_char: int, end_char: int
+) -> tuple[int, int]:
+    """Answer tokens of one window by walking its offsets; ``(CLS, CLS)`` when the window misses part of it.
+
+    The start token is the last context token starting at or before ``start_char``; the end token
+    the first one ending at or after ``end_char`` (exclusive end).
+    """
+    first = sequence_ids.index(CONTEXT_SEQUENCE)
+    last = len(sequence_ids) - 1 - list(reversed(sequence_ids)).index(CONTEXT_SEQUENCE)
+    if offsets[first][0] > start_char or offsets[last][1] < end_char:
+        return CLS_INDEX, CLS_INDEX
+    start = first
+    while start <= last and offsets[start][0] <= start_char:
+        start += 1
+    end = last
+    while end >= first and offsets[end][1] >= end_char:
+        end -= 1
+    return start - 1, end + 1
+
+
+def naive_train_features(tokenizer, examples: Sequence[QAExample], max_length: int, doc_stride: int) -> dict:
+    """Windows and labels one example at a time, as a course notebook writes it."""
+    features = {"input_ids": [], "example_index": [], "start_positions": [], "end_positions": []}
+    for index, example in enumerate(examples):
+        encoding = tokenizer(
+            example.question,
+            example.context,
+            truncation="only_second",
+            max_length=max_length,
+            stride=doc_stride,
+            return_overflowing_tokens=True,
+            return_offsets_mapping=True,
+        )
+        answer = example.answers[0]
+        for window, input_ids in enumerate(encoding["input_ids"]):
+            start, end = scan_answer_tokens(
+                encoding["offset_mapping"][window], encoding.sequence_ids(window), answer.start, answer.end
+            )
+            features["input_ids"].append(input_ids)
+            features["example_index"].append(index)
+            features["start_positions"].append(start)
+            features["end_positions"].append(end)
+    return features
+
+
+# --- The middle point: the tokenizer's batched overflow + the library's labels ---------------------
+
+
+def context_offsets(encodings, window: int) -> np.ndarray:
+    """One window's offsets as ``(tokens, 2)``, ``NOT_CONTEXT`` on question and special tokens."""
+    offsets = np.asarray(encodings["offset_mapping"][window], dtype=np.int64).reshape(-1, 2)
+    outside = np.array([sequence != CONTEXT_SEQUENCE for sequence in encodings.sequence_ids(window)])
+    offsets[outside] = NOT_CONTEXT
+    return offsets
+
+
+def batched_train_features(tokenizer, examples: Sequence[QAExample], max_length: int, doc_stride: int) -> dict:
+    """Windows from one batched overflow call, labelled by :func:`label_windows`."""
+    encodings = encode_windows(
+        tokenizer, [e.question for e in examples], [e.context for e in examples], max_length, doc_stride
+    )
+    features = {
+        "input_ids": encodings["input_ids"],
+        "example_index": encodings["overflow_to_sample_mapping"],
+        "offsets": [context_offsets(encodings, window) for window in range(len(encodings["input_ids"]))],
+    }
+    return label_windows(features, examples)
+
+
+# --- Comparison -----------------------------------------------------------------------------------
+
+
+def assert_same_windows(name: str, ours: dict, other: dict) -> None:
+    """Same number of windows, same examples, same token ids, window by window."""
+    if len(ours["input_ids"]) != len(other["input_ids"]):
+        raise AssertionError(f"{name}: {len(other['input_ids'])} windows, ours {len(ours['input_ids'])}")
+    if list(ours["example_index"]) != list(other["example_index"]):
+        raise AssertionError(f"{name}: windows belong to different examples")
+    for window, (mine, theirs) in enumerate(zip(ours["input_ids"], other["input_ids"])):
+        if not np.array_equal(mine, theirs):
+            raise AssertionError(f"{name}: input_ids of window {window} differ")
+
+
+def labels(features: dict) -> list[tuple[int, int]]:
+    return list(zip(features["start_positions"], features["end_positions"]))
+
+
+def has_token(offsets: np.ndarray, char: int) -> bool:
+    """Whether some context token of the window covers character ``char``."""
+    return bool(np.any((offsets[:, 0] <= char) & (char < offsets[:, 1])))
+
+
+def label_differences(ours: dict, naive: dict, examples: Sequence[QAExample]) -> list[dict]:
+    """Windows whose naive label differs from ours; fails on any difference not explained by an
+    answer edge (first or last character) that no token covers."""
+    differences = []
+    for window, (mine, theirs) in enumerate(zip(labels(ours), labels(naive))):
+        if mine == theirs:
+            continue
+        example = examples[ours["example_index"][window]]
+        answer = example.answers[0]
+        offsets = ours["offsets"][window]
+        edges = [
+            name for name, char in (("start", answer.start), ("end", answer.end - 1)) if not has_token(offsets, char)
+        ]
+        if not edges:
+            raise AssertionError(f"window {window} ({example.id}): labels ours {mine}, naive {theirs}")
+        differences.append(
+            {
+                "id": example.id,
+                "window": window,
+                "answer": answer.text,
+                "untokenised_edge": "+".join(edges),
+                "ours": mine,
+                "naive": theirs,
+            }
+        )
+    return differences
+
+
+def main() -> None:
+    repeats = repeats_argument(__doc__.splitlines()[0], DEFAULT_REPEATS)
+    examples, tokenizer = load_dev_data()
+
+    timings = best_of(
+        repeats,
+        {
+            "naive": lambda: naive_train_features(tokenizer, examples, MAX_LENGTH, DOC_STRIDE),
+            "batched": lambda: batched_train_features(tokenizer, examples, MAX_LENGTH, DOC_STRIDE),
+            "ours": lambda: prepare_train_features(tokenizer, examples, MAX_LENGTH, DOC_STRIDE),
+        },
+    )
+    naive, batched, ours = (timings[name].result for name in ("naive", "batched", "ours"))
+    assert_same_windows("naive", ours, naive)
+    assert_same_windows("batched", ours, batched)
+    if labels(batched) != labels(ours):
+        raise AssertionError("batched overflow + label_windows gives other labels than prepare_train_features")
+    differences = label_differences(ours, naive, examples)
+
+    contexts = len({example.context for example in examples})
+    print(
+        f"{len(examples)} questions on {contexts} distinct contexts ({len(examples) / contexts:.1f} per context), "
+        f"{len(ours['input_ids'])} windows of <= {MAX_LENGTH} tokens, stride {DOC_STRIDE}"
+    )
+    labels_of_sides = {
+        "naive": "naive (per-example call + offset scan)",
+        "batched": "batched overflow (encode_windows + label_windows)",
+        "ours": "ours (prepare_train_features)",
+    }
+    print_timings(repeats, labels_of_sides, timings, "naive")
+    ours_s = timings["ours"].seconds
+    goal_met = ours_s <= GOAL_SECONDS
+    print(f"goal ours <= {GOAL_SECONDS:.0f} s wall: {'met' if goal_met else 'NOT met'}")
+    print("input_ids: identical on all three sides; labels: batched == ours")
+    if differences:
+        print(f"labels naive != ours in {len(differences)} windows, all where an answer edge has no token:")
+        for difference in differences:
+            print(f"  {difference}")
+    else:
+        print("labels: naive == ours in every window (no answer edge without a token of its own)")
+
+    emit(
+        {
+            "benchmark": "preprocess",
+            "questions": len(examples),
+            "distinct_contexts": contexts,
+            "features": len(ours["input_ids"]),
+            "repeats": repeats,
+            **seconds_record(timings),
+            "speedup_vs_naive": round(timings["naive"].seconds / ours_s, 2),
+            "speedup_vs_batched": round(timings["batched"].seconds / ours_s, 2),
+            "cpu_speedup_vs_naive": round(timings["naive"].cpu_seconds / timings["ours"].cpu_seconds, 2),
+            "goal_s": GOAL_SECONDS,
+            "goal_met": goal_met,
+            "label_differences": len(differences),
+            **machine(),
+        }
+    )
+
+
+if __name__ == "__main__":
+    main()
