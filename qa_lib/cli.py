@@ -108,12 +108,41 @@ def command_demo(args) -> dict:
     started = time.perf_counter()
     data = report_data(print)
     results = train_demo(print, args.output_dir, quick=args.quick)
+    from .grading import grading_demo
+
+    grading = grading_demo(print)
     return {
         **results,
         "oracle_em": data["oracle_em"],
         "data_source": data["source"],
+        "grading": grading,
         "seconds": time.perf_counter() - started,
     }
+
+
+def command_pretrain_mlm(args) -> dict:
+    from .pretraining import pretrain_mlm_command
+
+    source = str(resolve_data(args.data))
+    return pretrain_mlm_command(
+        source, args.model, args.masking, args.epochs, args.max_steps, args.output_dir, args.seed, resume=args.resume
+    )
+
+
+def command_check(args) -> dict:
+    from .data import DataFormatError
+    from .grading import check_notebook
+
+    reports = []
+    for name in args.notebooks:
+        if not Path(name).is_file():
+            raise DataFormatError(f"{name}: notebook not found")
+        report, _ = check_notebook(name)
+        print("\n".join(report.lines()))
+        reports.append(report)
+    if not all(report.passed for report in reports):
+        raise SystemExit(1)  # unlike `nbgrader validate`, which exits 0 even when tests fail
+    return {"notebooks": len(reports), "passed": True}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,7 +182,26 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="a few seconds of training (smoke test)")
     demo.set_defaults(run=command_demo)
 
-    for sub in (train, predict, demo, evaluate):
+    pretrain = commands.add_parser(
+        "pretrain-mlm", help="continued masked-LM pretraining on QA contexts, with whole word or character masking"
+    )
+    pretrain.add_argument("--data", default="trial", help="SQuAD file whose contexts are the texts, or trial/dev")
+    pretrain.add_argument("--model", default="offline-tiny", help="hub name or local folder; offline-tiny by default")
+    pretrain.add_argument("--masking", choices=("wwm", "char"), default="wwm")
+    pretrain.add_argument("--epochs", type=int)
+    pretrain.add_argument("--max-steps", type=int)
+    pretrain.add_argument("--seed", type=int, default=0)
+    pretrain.add_argument("--output-dir", default="runs/mlm")
+    pretrain.add_argument("--resume", action="store_true")
+    pretrain.set_defaults(run=command_pretrain_mlm)
+
+    check = commands.add_parser(
+        "check", help="run a notebook's visible tests like `nbgrader validate`; exit status 1 when any fails"
+    )
+    check.add_argument("notebooks", nargs="+", help="notebook files, e.g. notebooks/bert_qa/01_finetune_qa.ipynb")
+    check.set_defaults(run=command_check)
+
+    for sub in (train, predict, demo, evaluate, pretrain, check):
         sub.add_argument("--json", action="store_true", help="end with one JSON line of results")
     return parser
 

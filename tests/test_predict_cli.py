@@ -103,3 +103,19 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys, monkeypatch):
     assert "QA_KIT_CMRC_DIR" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "--help"])
+
+
+def test_cli_pretrain_mlm_ends_with_a_json_line(squad_file, tmp_path, capsys):
+    args = [
+        "pretrain-mlm",
+        "--data",
+        str(squad_file),
+        "--max-steps",
+        "4",
+        "--output-dir",
+        str(tmp_path / "mlm"),
+        "--json",
+    ]
+    assert main(args) == 0
+    result = last_json_line(capsys)
+    assert {"loss_first", "loss_last", "masking", "seconds"} <= set(result) and result["masking"] == "wwm"

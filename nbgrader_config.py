@@ -1,0 +1,37 @@
+"""nbgrader configuration of the course: one assignment, ``bert_qa`` (``nbgrader autograde bert_qa``).
+
+The repository root is the course directory: ``solutions/bert_qa/`` holds the instructor notebooks,
+``nbgrader generate_assignment bert_qa`` writes the student notebooks to ``notebooks/bert_qa/``. Student
+submissions go to ``submitted/<student>/bert_qa/``; ``autograded/``, ``feedback/`` and ``gradebook.db`` are
+git-ignored. ``qa_lib.grading`` loads this file to grade in a temporary course directory (tests, demo).
+"""
+
+import os
+
+from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
+from nbgrader.preprocessors import GetGrades
+
+from qa_lib.grading import HideHiddenTests
+
+c = get_config()  # noqa: F821 (nbgrader provides get_config when it executes this file)
+
+c.CourseDirectory.root = os.path.dirname(os.path.abspath(__file__))
+c.CourseDirectory.source_directory = "solutions"
+c.CourseDirectory.release_directory = "notebooks"
+
+# The released cell keeps the assignment's look: the solution region between ### START CODE HERE ### and
+# ### END CODE HERE ### becomes this stub, so each function stays syntactically valid and fails loudly.
+c.ClearSolutions.code_stub = {"python": "raise NotImplementedError()"}
+c.ClearSolutions.text_stub = "请在此作答 (YOUR ANSWER HERE)"
+
+# nbgrader's default is 30 s per cell. The first cell of each notebook imports torch and transformers
+# (5-8 s alone, several times that on a busy shared grader) and the smoke training cell takes a few
+# seconds; 300 s leaves room for a slow machine while a submission stuck in a loop still ends.
+c.Execute.timeout = 300
+
+# Students and assignments are created in the gradebook as they are graded.
+c.Autograde.create_student = True
+
+# nbgrader 0.9 puts the hidden tests' source, and tracebacks quoting it, into the feedback HTML;
+# HideHiddenTests removes both (a failing hidden test shows only its error message).
+c.GenerateFeedback.preprocessors = [GetGrades, HideHiddenTests, CSSHTMLHeaderPreprocessor]

@@ -1,0 +1,428 @@
+"""Graded notebooks: the kernel-side helpers they import, ``qa-kit check``, safe feedback and the grading demo.
+
+The course follows nbgrader's layout (``nbgrader_config.py`` at the repository root): instructor notebooks in
+``solutions/bert_qa/``, student notebooks in ``notebooks/bert_qa/`` as ``nbgrader generate_assignment bert_qa``
+writes them.
+
+- In the kernel: :func:`grading_mode` tells a notebook that nbgrader runs it, :func:`quiet_notebook_output`
+  keeps stderr empty (nbgrader scores a test cell 0 when anything reaches stderr, even when it passes), and
+  :func:`reference_disabled` lets a test check that an exercise is solved with the student's own code rather
+  than by calling the library's reference implementation.
+- :func:`check_notebook` (``qa-kit check``) runs a notebook's visible tests like ``nbgrader validate`` but
+  reports failing grade cells by grade id and fails with a non-zero exit status (``nbgrader validate``
+  exits 0 even when tests fail).
+- :class:`HideHiddenTests` is the feedback preprocessor registered in ``nbgrader_config.py``: nbgrader 0.9
+  puts the hidden tests' source, and tracebacks quoting it, into the feedback HTML.
+- :func:`grading_demo` runs the whole instructor workflow in a temporary course directory.
+
+Nothing here imports torch or transformers at module level: ``nbgrader_config.py`` imports this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nbformat
+from nbconvert.preprocessors import Preprocessor
+from nbformat import NotebookNode
+from traitlets import Bool
+
+ASSIGNMENT = "bert_qa"
+EXECUTION_VARIABLE = "NBGRADER_EXECUTION"  # nbgrader sets it to "autograde" or "validate" in the kernel's env
+BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
+HIDDEN_FEEDBACK = "隐藏测试 (hidden test): {verdict}"
+KERNEL_NAME = "python3"
+# One notebook autogrades in well under a minute; a cell that runs this long is stuck.
+CHECK_CELL_TIMEOUT = 300
+
+
+# --- In the kernel --------------------------------------------------------------------------------------------
+
+
+def grading_mode() -> str | None:
+    """``"autograde"`` or ``"validate"`` while nbgrader (or ``qa-kit check``) runs the notebook, else None."""
+    return os.environ.get(EXECUTION_VARIABLE) or None
+
+
+def quiet_notebook_output(disable_progress_bars: bool) -> None:
+    """Keep stderr empty in a notebook: warnings off, logging at WARNING to stdout, transformers' own
+    stderr handler removed, and (``disable_progress_bars``) tqdm off, since it draws on stderr in a kernel
+    without widgets. Call it before importing torch, transformers or qa_lib's training code: tqdm reads
+    ``TQDM_DISABLE`` when it is imported."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if disable_progress_bars:
+        os.environ["TQDM_DISABLE"] = "1"
+    warnings.filterwarnings("ignore")
+    logging.basicConfig(
+        stream=sys.stdout, level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", force=True
+    )
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_default_handler()
+    transformers_logging.enable_propagation()
+
+
+class ReferenceSolutionCalled(AssertionError):
+    """A graded function called the library's reference implementation of its own exercise."""
+
+
+def _refuse_reference(*args, **kwargs):
+    # This code runs as the disabled function's code, so with that module's globals: it may use builtins only.
+    name = __import__("sys")._getframe().f_code.co_qualname
+    grading = __import__("qa_lib.grading", fromlist=["ReferenceSolutionCalled"])
+    raise grading.ReferenceSolutionCalled(
+        f"qa_lib's {name}() is the reference solution of this exercise: write the exercise with your own code "
+        "(the library is there to use around the exercises, not inside them)"
+    )
+
+
+@contextmanager
+def reference_disabled(*functions: Callable) -> Iterator[None]:
+    """Make each library function raise :class:`ReferenceSolutionCalled` while the block runs.
+
+    The function's code object is swapped, not the module attribute, so every alias fails too (``from
+    qa_lib.features import char_to_token_positions`` in a notebook binds the same function object)."""
+    originals = [(function, function.__code__) for function in functions]
+    try:
+        for function, code in originals:
+            function.__code__ = _refuse_reference.__code__.replace(co_name=code.co_name, co_qualname=code.co_qualname)
+        yield
+    finally:
+        for function, code in originals:
+            function.__code__ = code
+
+
+# --- qa-kit check ------------------------------------------------------------------------------------------------
+
+
+def nbgrader_metadata(cell: NotebookNode) -> dict:
+    return cell.get("metadata", {}).get("nbgrader", {})
+
+
+def is_test_cell(cell: NotebookNode) -> bool:
+    """An autograded test cell: code with nbgrader ``grade`` and no ``solution`` flag."""
+    meta = nbgrader_metadata(cell)
+    return cell.cell_type == "code" and bool(meta.get("grade")) and not meta.get("solution")
+
+
+@dataclass(frozen=True)
+class CellError:
+    index: int  # position of the cell in the notebook
+    grade_id: str | None  # nbgrader grade id, None for cells without one
+    points: float  # points of a test cell, 0 for other cells
+    message: str  # "ExceptionName: message"
+
+
+@dataclass
+class CheckReport:
+    notebook: str
+    test_cells: int = 0  # test cells with code to run
+    points: float = 0.0  # their points
+    hidden_only: int = 0  # test cells of a student notebook left with comments only: their tests are hidden
+    failed_tests: list[CellError] = field(default_factory=list)  # test cells with an error
+    other_errors: list[CellError] = field(default_factory=list)  # errors outside test cells
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return not self.failed_tests and not self.other_errors
+
+    def lines(self) -> list[str]:
+        lost = sum(error.points for error in self.failed_tests)
+        verdict = "passed" if self.passed else "FAILED"
+        lines = [
+            f"{self.notebook}: {verdict}: {self.test_cells - len(self.failed_tests)}/{self.test_cells} test cells "
+            f"pass ({self.points - lost:g}/{self.points:g} points) in {self.seconds:.1f} s; "
+            f"{self.hidden_only} more hold hidden tests that run only at grading"
+        ]
+        lines += [f"  test {e.grade_id} ({e.points:g} points): {e.message}" for e in self.failed_tests]
+        lines += [f"  cell {e.index} ({e.grade_id or 'no grade id'}): {e.message}" for e in self.other_errors]
+        return lines
+
+
+def has_code(cell: NotebookNode) -> bool:
+    """True unless every line is blank or a comment (a released cell whose tests were all hidden)."""
+    return any(line.strip() and not line.strip().startswith("#") for line in cell.source.split("\n"))
+
+
+def cell_error(cell: NotebookNode) -> str | None:
+    """``"Name: message"`` of the error a code cell raised, None when it ran cleanly."""
+    for output in cell.get("outputs", []):
+        if output.get("output_type") == "error":
+            return f"{output.get('ename', 'Error')}: {output.get('evalue', '')}".rstrip(": ")
+    return None
+
+
+def execute_notebook(
+    path: str | os.PathLike, mode: str = "validate", timeout: int = CHECK_CELL_TIMEOUT
+) -> NotebookNode:
+    """Run every cell of a notebook (errors recorded, not raised) in its own folder, with
+    ``NBGRADER_EXECUTION=mode`` in the kernel's environment only, and return the executed notebook."""
+    from nbclient import NotebookClient
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: notebook not found")
+    notebook = nbformat.read(path, as_version=4)
+    client = NotebookClient(
+        notebook,
+        timeout=timeout,
+        kernel_name=KERNEL_NAME,
+        allow_errors=True,
+        resources={"metadata": {"path": str(path.parent.resolve())}},
+    )
+    client.execute(env={**os.environ, EXECUTION_VARIABLE: mode})
+    return notebook
+
+
+def report_errors(notebook: NotebookNode, name: str) -> CheckReport:
+    """Which test cells (by grade id) and which other cells of an executed notebook raised an error."""
+    report = CheckReport(name)
+    for index, cell in enumerate(notebook.cells):
+        if cell.cell_type != "code":
+            continue
+        meta = nbgrader_metadata(cell)
+        test_cell = is_test_cell(cell)
+        points = float(meta.get("points", 0)) if test_cell else 0.0
+        if test_cell and not has_code(cell):
+            report.hidden_only += 1
+            continue
+        if test_cell:
+            report.test_cells += 1
+            report.points += points
+        message = cell_error(cell)
+        if message is not None:
+            error = CellError(index, meta.get("grade_id"), points, message)
+            (report.failed_tests if test_cell else report.other_errors).append(error)
+    return report
+
+
+def check_notebook(path: str | os.PathLike, timeout: int = CHECK_CELL_TIMEOUT) -> tuple[CheckReport, NotebookNode]:
+    """Run a notebook as ``nbgrader validate`` does and report its visible tests; also returns the executed
+    notebook (for callers that inspect outputs)."""
+    started = time.perf_counter()
+    notebook = execute_notebook(path, "validate", timeout)
+    report = report_errors(notebook, str(path))
+    report.seconds = time.perf_counter() - started
+    return report, notebook
+
+
+@contextmanager
+def graded_alone(namespace: dict, **stand_ins: Callable) -> Iterator[None]:
+    """Replace names in a notebook's namespace while a test runs, so that an exercise that calls another
+    exercise's function (E8 calls the student's ``best_span``) is graded on its own: a mistake in the other
+    exercise is not counted twice."""
+    missing = object()
+    originals = {name: namespace.get(name, missing) for name in stand_ins}
+    namespace.update(stand_ins)
+    try:
+        yield
+    finally:
+        for name, value in originals.items():
+            if value is missing:
+                namespace.pop(name, None)
+            else:
+                namespace[name] = value
+
+
+# --- Feedback -----------------------------------------------------------------------------------------------------
+
+
+def _hidden_regions_removed(source: str) -> tuple[str, bool]:
+    """The source without its ``### BEGIN HIDDEN TESTS`` ... ``### END HIDDEN TESTS`` lines, and whether any went."""
+    kept, hidden, removed = [], False, False
+    for line in source.split("\n"):
+        if BEGIN_HIDDEN in line:
+            hidden = removed = True
+        elif END_HIDDEN in line:
+            hidden = False
+        elif not hidden:
+            kept.append(line)
+    return "\n".join(kept), removed
+
+
+class HideHiddenTests(Preprocessor):
+    """Feedback preprocessor: in every cell with a hidden-test region, drop the region and replace the cell's
+    outputs (tracebacks quote the failing line) by one line saying whether the hidden tests passed, with the
+    error's message when they did not."""
+
+    # nbconvert preprocessors are off unless enabled; this one is registered in nbgrader_config.py to run.
+    enabled = Bool(True).tag(config=True)
+
+    def preprocess_cell(self, cell: NotebookNode, resources: dict, index: int) -> tuple[NotebookNode, dict]:
+        if cell.cell_type != "code":
+            return cell, resources
+        cell.source, removed = _hidden_regions_removed(cell.source)
+        if removed:
+            error = cell_error(cell)
+            verdict = "通过 (passed)" if error is None else f"未通过 (failed): {error}"
+            summary = HIDDEN_FEEDBACK.format(verdict=verdict)
+            cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=summary)]
+        return cell, resources
+
+
+# --- A course directory: release, submit, autograde, feedback -----------------------------------------------------
+
+
+def kit_root() -> Path:
+    """The checkout holding ``nbgrader_config.py`` and ``solutions/`` (grading needs the repository, not a wheel)."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "nbgrader_config.py").is_file() or not (root / "solutions" / ASSIGNMENT).is_dir():
+        raise FileNotFoundError(
+            f"{root} has no nbgrader_config.py and solutions/{ASSIGNMENT}/: grading runs from a checkout of the kit"
+        )
+    return root
+
+
+def course_config(course_root: str | os.PathLike):
+    """The kit's ``nbgrader_config.py`` with the course directory moved to ``course_root``."""
+    from traitlets.config.loader import PyFileConfigLoader
+
+    config = PyFileConfigLoader("nbgrader_config.py", path=str(kit_root())).load_config()
+    config.CourseDirectory.root = str(Path(course_root).resolve())
+    return config
+
+
+@dataclass(frozen=True)
+class CellGrade:
+    score: float
+    max_score: float
+    autograded: bool  # False for the manually graded written answers
+
+
+class GradingError(RuntimeError):
+    """An nbgrader step failed; the message carries nbgrader's log."""
+
+
+class Course:
+    """An nbgrader course directory (a temporary one in tests and in the demo) for the ``bert_qa`` assignment."""
+
+    def __init__(self, root: str | os.PathLike):
+        from nbgrader.apps import NbGraderAPI
+        from nbgrader.coursedir import CourseDirectory
+
+        self.root = Path(root)
+        config = course_config(self.root)
+        self.api = NbGraderAPI(CourseDirectory(config=config), config=config)
+
+    @classmethod
+    def from_kit_solutions(cls, root: str | os.PathLike) -> Course:
+        """A course in ``root`` whose source notebooks are a copy of the kit's ``solutions/bert_qa``."""
+        shutil.copytree(kit_root() / "solutions" / ASSIGNMENT, Path(root) / "solutions" / ASSIGNMENT)
+        return cls(root)
+
+    def folder(self, kind: str, student: str | None = None) -> Path:
+        """``<root>/<kind>[/<student>]/bert_qa``, kind being solutions, notebooks, submitted, autograded, feedback."""
+        return self.root.joinpath(kind, *([student] if student else []), ASSIGNMENT)
+
+    def _run(self, step: str, result: dict) -> None:
+        if not result.get("success"):
+            raise GradingError(f"nbgrader {step} failed: {result.get('error', '')}\n{result.get('log', '')}")
+
+    def release(self) -> Path:
+        """``nbgrader generate_assignment``: the student notebooks, in ``notebooks/bert_qa``."""
+        self._run("generate_assignment", self.api.generate_assignment(ASSIGNMENT))
+        return self.folder("notebooks")
+
+    def submit(self, student: str, notebooks: dict[str, NotebookNode]) -> None:
+        """Put ``{file name: notebook}`` in the student's submission folder (notebooks left out score 0)."""
+        folder = self.folder("submitted", student)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, notebook in notebooks.items():
+            nbformat.write(notebook, folder / name)
+
+    def autograde(self, student: str) -> float:
+        """``nbgrader autograde`` of one student; returns the seconds it took."""
+        from sqlalchemy.exc import SAWarning
+
+        started = time.perf_counter()
+        with warnings.catch_warnings():
+            # nbgrader 0.9's gradebook warns "Object of type <SubmittedAssignment> not in session" for every
+            # new student; the submission is stored all the same.
+            warnings.simplefilter("ignore", SAWarning)
+            result = self.api.autograde(ASSIGNMENT, student)
+        self._run(f"autograde {student}", result)
+        return time.perf_counter() - started
+
+    def grades(self, student: str) -> dict[str, dict[str, CellGrade]]:
+        """``{notebook: {grade id: CellGrade}}`` from the gradebook."""
+        from nbgrader.api import Gradebook
+
+        grades: dict[str, dict[str, CellGrade]] = {}
+        with Gradebook(self.api.coursedir.db_url) as gradebook:
+            for notebook in gradebook.find_submission(ASSIGNMENT, student).notebooks:
+                grades[notebook.name] = {
+                    grade.name: CellGrade(grade.score, grade.max_score, grade.cell_type == "code")
+                    for grade in notebook.grades
+                }
+        return grades
+
+    def feedback(self, student: str) -> dict[str, str]:
+        """``nbgrader generate_feedback`` of one student: ``{notebook: feedback HTML}``."""
+        self._run(f"generate_feedback {student}", self.api.generate_feedback(ASSIGNMENT, student))
+        folder = self.folder("feedback", student)
+        return {path.stem: path.read_text(encoding="utf-8") for path in sorted(folder.glob("*.html"))}
+
+
+def autograded_points(grades: dict[str, CellGrade]) -> tuple[float, float]:
+    """``(score, max_score)`` over the autograded cells of one notebook."""
+    auto = [grade for grade in grades.values() if grade.autograded]
+    return sum(grade.score for grade in auto), sum(grade.max_score for grade in auto)
+
+
+def execution_seconds(notebook: NotebookNode) -> float:
+    """Seconds from the first cell's start to the last cell's reply, from nbclient's timing metadata."""
+    from datetime import datetime
+
+    stamps = [
+        datetime.fromisoformat(cell.metadata["execution"][key].replace("Z", "+00:00"))
+        for cell in notebook.cells
+        for key in ("iopub.execute_input", "shell.execute_reply")
+        if key in cell.get("metadata", {}).get("execution", {})
+    ]
+    return (max(stamps) - min(stamps)).total_seconds() if stamps else 0.0
+
+
+# --- The demo ---------------------------------------------------------------------------------------------------
+
+
+def grading_demo(say: Callable[[str], None]) -> dict:
+    """The instructor workflow in a temporary course: release the assignment, autograde the solution notebooks
+    as one student and the blank release as another, and print the grade table and the timings."""
+    say("\n== Grading the notebooks with nbgrader (temporary course directory) ==")
+    summary: dict = {"students": {}}
+    with tempfile.TemporaryDirectory(prefix="qa-kit-course-") as folder:
+        course = Course.from_kit_solutions(folder)
+        release = course.release()
+        sources = course.folder("solutions")
+        submissions = {
+            "solution": {path.name: nbformat.read(path, as_version=4) for path in sorted(sources.glob("*.ipynb"))},
+            "blank": {path.name: nbformat.read(path, as_version=4) for path in sorted(release.glob("*.ipynb"))},
+        }
+        say(f"{'student':<10}{'notebook':<24}{'autograded points':>20}{'execution s':>14}")
+        for student, notebooks in submissions.items():
+            course.submit(student, notebooks)
+            seconds = course.autograde(student)
+            for name, grades in course.grades(student).items():
+                score, max_score = autograded_points(grades)
+                executed = nbformat.read(course.folder("autograded", student) / f"{name}.ipynb", as_version=4)
+                run = execution_seconds(executed)
+                say(f"{student:<10}{name:<24}{f'{score:g} / {max_score:g}':>20}{run:>14.1f}")
+                summary["students"].setdefault(student, {})[name] = {
+                    "score": score,
+                    "max_score": max_score,
+                    "seconds": run,
+                }
+            say(f"{'':<10}(autograde of both notebooks: {seconds:.1f} s)")
+    return summary
