@@ -14,10 +14,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 from .data import DataUnavailable, QAExample, cmrc_file, examples_from_squad, load_squad
-from .decoding import postprocess_predictions
+from .decoding import gold_logits, postprocess_predictions
 from .features import CLS_INDEX, label_windows, prepare_eval_features
 from .metric import corpus_scores
 from .models import build_offline_tokenizer, load_qa_model, load_tokenizer
@@ -44,13 +42,7 @@ def data_report(
         for i, start, s in zip(features["example_index"], features["context_start"], features["start_positions"])
         if s != CLS_INDEX
     ]
-    starts, ends = [], []
-    for s, e, ids in zip(features["start_positions"], features["end_positions"], features["input_ids"]):
-        start, end = np.full(len(ids), -10.0, np.float32), np.full(len(ids), -10.0, np.float32)
-        if s != CLS_INDEX:
-            start[s], end[e] = 10.0, 10.0
-        starts.append(start)
-        ends.append(end)
+    starts, ends = gold_logits(features)
     predictions, _ = postprocess_predictions(examples, features, starts, ends, max_answer_length=max_length)
     oracle = corpus_scores(references_of(examples), predictions)
     return {

@@ -9,24 +9,12 @@ exception classes that no decoder can fix:
    has answers of several hundred characters), and no window holds it whole.
 """
 
-import numpy as np
 import pytest
 
 from qa_lib.data import cmrc_file, load_squad
-from qa_lib.decoding import postprocess_predictions
+from qa_lib.decoding import gold_logits, postprocess_predictions
 from qa_lib.features import CLS_INDEX, label_windows, prepare_eval_features, strip_span
 from qa_lib.metric import corpus_scores, exact_match, read_references
-
-
-def one_hot_logits(features):
-    starts, ends = [], []
-    for s, e, ids in zip(features["start_positions"], features["end_positions"], features["input_ids"]):
-        start, end = np.full(len(ids), -10.0, np.float32), np.full(len(ids), -10.0, np.float32)
-        if s != CLS_INDEX:
-            start[s], end[e] = 10.0, 10.0
-        starts.append(start)
-        ends.append(end)
-    return starts, ends
 
 
 def inside_a_token(example, offsets_of_context):
@@ -40,7 +28,7 @@ def inside_a_token(example, offsets_of_context):
 def test_oracle_exact_match(real_tokenizer, cmrc_dir, split, max_length):
     examples, _ = load_squad(cmrc_file(split, cmrc_dir))
     features = label_windows(prepare_eval_features(real_tokenizer, examples, max_length, 128), examples)
-    starts, ends = one_hot_logits(features)
+    starts, ends = gold_logits(features)
     predictions, _ = postprocess_predictions(examples, features, starts, ends, max_answer_length=max_length)
     references = read_references(cmrc_file(split, cmrc_dir))
     scores = corpus_scores(references, predictions)
