@@ -14,6 +14,8 @@ SHARED_DATA ?= ../shared/data
 # Real data for the demo and the tests, when it sits next to the checkout (CI sets these too).
 export QA_KIT_CMRC_DIR ?= $(if $(wildcard $(SHARED_DATA)/cmrc2018/cmrc2018_dev.json),$(abspath $(SHARED_DATA)/cmrc2018))
 export QA_KIT_VOCAB_DIR ?= $(if $(wildcard $(SHARED_DATA)/bert-base-chinese/vocab.txt),$(abspath $(SHARED_DATA)/bert-base-chinese))
+# The venv's tools first: nbgrader runs `alembic` (and notebooks may run `qa-kit`) as commands.
+export PATH := $(abspath $(BIN)):$(PATH)
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
