@@ -69,7 +69,7 @@ def report_data(say) -> dict:
     vocab_dir = os.environ.get(VOCAB_DIR_VARIABLE)
     tokenizer = load_tokenizer(vocab_dir) if vocab_dir else build_offline_tokenizer()
     stats = data_report(tokenizer, examples, report.summary())
-    say(f"\n== Data: {source} ==\n{stats['loading']}")
+    say(f"\n== Data: {source} ==")  # the loading summary itself is logged by qa_lib.data
     say(
         f"{stats['windows']} windows of 512 tokens (stride 128) for {stats['questions']} questions "
         f"({stats['windows_per_question']:.2f} per question)"

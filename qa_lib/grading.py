@@ -397,12 +397,29 @@ def execution_seconds(notebook: NotebookNode) -> float:
 # --- The demo ---------------------------------------------------------------------------------------------------
 
 
+def _not_a_checksum_warning(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Attribute '%s' for cell %s has changed")
+
+
+@contextmanager
+def nbgrader_warnings_off():
+    """A released notebook's hidden-test cells differ from the source by design; nbgrader warns about
+    each changed checksum while autograding, which would bury the grade table. (A filter, not a level:
+    every nbgrader app resets the level of its logger.)"""
+    log = logging.getLogger("traitlets")
+    log.addFilter(_not_a_checksum_warning)
+    try:
+        yield
+    finally:
+        log.removeFilter(_not_a_checksum_warning)
+
+
 def grading_demo(say: Callable[[str], None]) -> dict:
     """The instructor workflow in a temporary course: release the assignment, autograde the solution notebooks
     as one student and the blank release as another, and print the grade table and the timings."""
     say("\n== Grading the notebooks with nbgrader (temporary course directory) ==")
     summary: dict = {"students": {}}
-    with tempfile.TemporaryDirectory(prefix="qa-kit-course-") as folder:
+    with nbgrader_warnings_off(), tempfile.TemporaryDirectory(prefix="qa-kit-course-") as folder:
         course = Course.from_kit_solutions(folder)
         release = course.release()
         sources = course.folder("solutions")

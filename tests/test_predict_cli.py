@@ -119,3 +119,14 @@ def test_cli_pretrain_mlm_ends_with_a_json_line(squad_file, tmp_path, capsys):
     assert main(args) == 0
     result = last_json_line(capsys)
     assert {"loss_first", "loss_last", "masking", "seconds"} <= set(result) and result["masking"] == "wwm"
+
+
+def test_cli_quick_demo_reports_windows_truncation_and_grades(tmp_path, capsys, caplog):
+    assert main(["demo", "--quick", "--output-dir", str(tmp_path / "demo"), "--json"]) == 0
+    result = last_json_line(capsys)
+    assert {"em_windows", "f1_windows", "em_truncation", "f1_truncation", "seconds"} <= set(result)
+    assert result["oracle_em"] > 99 and (tmp_path / "demo" / "learning_curves.png").is_file()
+    grades = result["grading"]["students"]
+    assert all(g["score"] == g["max_score"] > 0 for g in grades["solution"].values())
+    assert all(g["score"] == 0 for g in grades["blank"].values())
+    assert not [r for r in caplog.records if r.name == "traitlets" and r.levelname == "WARNING"]
