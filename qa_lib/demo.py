@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .data import DataUnavailable, QAExample, cmrc_file, examples_from_squad, load_squad
 from .decoding import gold_logits, postprocess_predictions
-from .features import CLS_INDEX, label_windows, prepare_eval_features
+from .features import CLS_INDEX, answer_coverage, label_windows, prepare_eval_features
 from .metric import corpus_scores
 from .models import build_offline_tokenizer, load_qa_model, load_tokenizer
 from .predict import predict_examples
@@ -51,7 +51,7 @@ def data_report(
         "windows": len(features["input_ids"]),
         "windows_per_question": len(features["input_ids"]) / len(examples),
         "covered_by_truncation": len({i for i, start in labelled if start == 0}) / len(examples),
-        "covered_by_windows": len({i for i, _ in labelled}) / len(examples),
+        "covered_by_windows": answer_coverage(features, len(examples)),
         "oracle_em": oracle["EM"],
         "oracle_f1": oracle["F1"],
     }
@@ -108,9 +108,7 @@ def train_demo(say, output_dir: str | Path = "runs/demo", quick: bool = False) -
         results[name] = (scores["EM"], scores["F1"], predictions)
     say(f"\n{'held-out synthetic questions':<32}{'EM':>8}{'F1':>8}")
     for name in ("windows", "truncation"):
-        say(
-            f"{ROW_NAMES[name]:<32}{results[name][0]:>8.1f}{results[name][1]:>8.1f}"
-        )
+        say(f"{ROW_NAMES[name]:<32}{results[name][0]:>8.1f}{results[name][1]:>8.1f}")
     for example in held_out[:3]:
         say(f"Q: {example.question}  gold: {example.answers[0].text}  predicted: {results['windows'][2][example.id]}")
     Path(output_dir).mkdir(parents=True, exist_ok=True)

@@ -125,18 +125,25 @@ def load_tokenizer(name_or_path: str | os.PathLike) -> BertTokenizerFast:
     return tokenizer
 
 
+def load_bert(model_class: type[PreTrainedModel], name_or_path: str | os.PathLike, tokenizer=None, **config_overrides):
+    """Load a BERT model class by hub name or local folder; ``offline-tiny`` returns a randomly
+    initialised tiny BERT sized for ``tokenizer`` (``config_overrides`` apply to it only).
+    Missing files raise :class:`ModelFilesMissing` with instructions."""
+    source = str(name_or_path)
+    if source == OFFLINE_NAME:
+        return model_class(tiny_bert_config(tokenizer or build_offline_tokenizer(), **config_overrides))
+    try:
+        with no_progress_bars():
+            return model_class.from_pretrained(source, local_files_only=local_files_only(source))
+    except (OSError, ValueError) as error:
+        raise ModelFilesMissing(f"cannot load model {source!r}: {error}. " + how_to_get_files(source)) from error
+
+
 def load_qa_model(name_or_path: str | os.PathLike, tokenizer=None, **config_overrides) -> PreTrainedModel:
     """Load ``BertForQuestionAnswering`` weights (the QA head is new unless the folder was fine-tuned).
 
     ``offline-tiny`` returns a randomly initialised tiny BERT sized for ``tokenizer``."""
-    source = str(name_or_path)
-    if source == OFFLINE_NAME:
-        return BertForQuestionAnswering(tiny_bert_config(tokenizer or build_offline_tokenizer(), **config_overrides))
-    try:
-        with no_progress_bars():
-            return BertForQuestionAnswering.from_pretrained(source, local_files_only=local_files_only(source))
-    except (OSError, ValueError) as error:
-        raise ModelFilesMissing(f"cannot load model {source!r}: {error}. " + how_to_get_files(source)) from error
+    return load_bert(BertForQuestionAnswering, name_or_path, tokenizer, **config_overrides)
 
 
 @contextmanager

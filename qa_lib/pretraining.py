@@ -28,14 +28,9 @@ from .batching import LengthGroupedBatches
 from .data import DataFormatError, cmrc_file, load_squad
 from .models import (
     OFFLINE_NAME,
-    ModelFilesMissing,
-    build_offline_tokenizer,
-    how_to_get_files,
+    load_bert,
     load_tokenizer,
-    local_files_only,
-    no_progress_bars,
     save_model_folder,
-    tiny_bert_config,
 )
 from .training import TrainConfig, fit, preset, same_seeds
 from .wwm import IGNORE_INDEX, MASKING_MODES, WholeWordMaskCollator, encode_for_mlm
@@ -89,14 +84,7 @@ class MaskedOnlyBertForMaskedLM(BertForMaskedLM):
 def load_mlm_model(name_or_path: str | os.PathLike, tokenizer=None, **config_overrides) -> MaskedOnlyBertForMaskedLM:
     """Load a BERT with its MLM head by hub name or local folder; ``offline-tiny`` returns a random tiny BERT
     sized for ``tokenizer`` (``config_overrides`` apply to it only). Missing files raise ``ModelFilesMissing``."""
-    source = str(name_or_path)
-    if source == OFFLINE_NAME:
-        return MaskedOnlyBertForMaskedLM(tiny_bert_config(tokenizer or build_offline_tokenizer(), **config_overrides))
-    try:
-        with no_progress_bars():
-            return MaskedOnlyBertForMaskedLM.from_pretrained(source, local_files_only=local_files_only(source))
-    except (OSError, ValueError) as error:
-        raise ModelFilesMissing(f"cannot load model {source!r}: {error}. " + how_to_get_files(source)) from error
+    return load_bert(MaskedOnlyBertForMaskedLM, name_or_path, tokenizer, **config_overrides)
 
 
 def qa_model_from_mlm(mlm_model_or_folder: BertForMaskedLM | str | os.PathLike) -> BertForQuestionAnswering:
