@@ -71,6 +71,18 @@ def predict_examples(
     if first_window_only:
         keep = [w for w, start in enumerate(features["context_start"]) if start == 0]
         features = {key: [values[w] for w in keep] for key, values in features.items()}
+    return predict_features(model, examples, features, max_answer_length, n_best, batch_size)
+
+
+def predict_features(
+    model,
+    examples: Sequence[QAExample],
+    features: dict,
+    max_answer_length: int = DEFAULT_MAX_ANSWER_LENGTH,
+    n_best: int = 20,
+    batch_size: int = 32,
+) -> tuple[dict[str, str], dict[str, list[Candidate]]]:
+    """Predictions from already prepared evaluation windows (evaluation after every epoch reuses them)."""
     starts, ends = window_logits(model, features, batch_size)
     return postprocess_predictions(examples, features, starts, ends, n_best, max_answer_length)
 

@@ -30,9 +30,9 @@ from . import decoding
 from .batching import LengthGroupedBatches, WindowDataset, pad_batch
 from .checkpoint import CHECKPOINT_PREFIX, latest_checkpoint, load_checkpoint, save_checkpoint
 from .data import QAExample
-from .features import prepare_train_features
+from .features import prepare_eval_features, prepare_train_features
 from .metric import corpus_scores
-from .predict import predict_examples
+from .predict import predict_features
 
 log = logging.getLogger(__name__)
 
@@ -314,17 +314,11 @@ def qa_evaluator(
 ) -> Callable[[torch.nn.Module], dict]:
     """EM/F1 with the official metric over windowed n-best predictions."""
     references = references or {e.id: [a.text for a in e.answers] for e in examples}
+    features = prepare_eval_features(tokenizer, examples, config.max_length, config.doc_stride)
 
     def evaluate(model) -> dict:
-        predictions, _ = predict_examples(
-            model,
-            tokenizer,
-            examples,
-            config.max_length,
-            config.doc_stride,
-            config.max_answer_length,
-            config.n_best,
-            config.eval_batch_size,
+        predictions, _ = predict_features(
+            model, examples, features, config.max_answer_length, config.n_best, config.eval_batch_size
         )
         scores = corpus_scores(references, predictions)
         return {"em": scores["EM"], "f1": scores["F1"]}
