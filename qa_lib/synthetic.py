@@ -11,6 +11,12 @@ matching sentence and copy its slot. What keeps it from being trivial: every art
 entities of each kind, so the same relation and answer type occur several times (picking "a date"
 is not enough), sentence order is random, and questions are paraphrased.
 
+``entities_per_kind=1`` gives the easier variant the CPU demo trains on: one entity of each kind,
+so each relation occurs once per article but answer types still repeat (a birth date and a
+founding date, a home town and a headquarters city): the question's relation word decides. A
+tiny randomly initialised BERT learns that within minutes on two CPU cores; telling apart several
+people who share a relation (the default) takes it far longer (measurements in ``qa_lib.demo``).
+
 Guarantees: all names in an article are distinct and none contains another; every answer occurs
 exactly once in its context, at ``answer_start``; output depends only on the arguments
 (``random.Random(seed)``, no global state).
@@ -247,6 +253,13 @@ def _draw_facts(rng: random.Random, names: _ArticleNames, fact_chars: int) -> li
     return facts
 
 
+def _facts_per_kind(rng: random.Random, names: _ArticleNames, entities_per_kind: int) -> list[Fact]:
+    """Entity blocks, ``entities_per_kind`` of every kind, in random order."""
+    kinds = [kind for kind in ENTITY_KIND_WEIGHTS for _ in range(entities_per_kind)]
+    rng.shuffle(kinds)
+    return [fact for kind in kinds for fact in _entity_facts(kind, names)]
+
+
 def _fillers(rng: random.Random, subjects: Sequence[str]) -> Iterator[str]:
     """Endless filler sentences. Generic ones come from a reshuffled deck, so that an article repeats
     one only after using them all; entity fillers are mixed in at random."""
@@ -273,10 +286,33 @@ def _question(fact: Fact, rng: random.Random) -> str:
     return rng.choice(fact.relation.questions).format(s=fact.subject)
 
 
-def _article(rng: random.Random, article_id: str, questions: int, min_chars: int, max_chars: int) -> dict:
+def _article_facts(
+    rng: random.Random, names: _ArticleNames, min_chars: int, max_chars: int, entities_per_kind: int | None
+) -> tuple[list[Fact], int]:
+    """The article's facts and its target length in characters."""
+    if entities_per_kind is None:
+        target_chars = rng.randint(min_chars, max_chars - FILLER_ROOM)
+        return _draw_facts(rng, names, int(target_chars * FACT_SHARE)), target_chars
+    facts = _facts_per_kind(rng, names, entities_per_kind)
+    fact_chars = sum(len(fact.sentence) for fact in facts)
+    if fact_chars > max_chars - FILLER_ROOM:
+        raise ValueError(
+            f"max_context_chars={max_chars} leaves no room: entities_per_kind={entities_per_kind} gives "
+            f"{fact_chars} characters of facts, plus {FILLER_ROOM} kept for a filler sentence"
+        )
+    return facts, rng.randint(max(min_chars, fact_chars), max_chars - FILLER_ROOM)
+
+
+def _article(
+    rng: random.Random,
+    article_id: str,
+    questions: int,
+    min_chars: int,
+    max_chars: int,
+    entities_per_kind: int | None = None,
+) -> dict:
     names = _ArticleNames(rng)
-    target_chars = rng.randint(min_chars, max_chars - FILLER_ROOM)
-    facts = _draw_facts(rng, names, int(target_chars * FACT_SHARE))
+    facts, target_chars = _article_facts(rng, names, min_chars, max_chars, entities_per_kind)
     pieces = _interleave_fillers(rng, facts, target_chars)
 
     context, answer_starts = "", {}
@@ -300,7 +336,11 @@ def _article(rng: random.Random, article_id: str, questions: int, min_chars: int
     return {"title": facts[0].subject, "paragraphs": [{"id": article_id, "context": context, "qas": qas}]}
 
 
-def _check_arguments(num_articles: int, questions_per_article: int, min_chars: int, max_chars: int) -> None:
+def _check_arguments(
+    num_articles: int, questions_per_article: int, min_chars: int, max_chars: int, entities_per_kind: int | None
+) -> None:
+    if entities_per_kind is not None and entities_per_kind < 1:
+        raise ValueError(f"entities_per_kind must be None or >= 1, got {entities_per_kind}")
     if num_articles < 0:
         raise ValueError(f"num_articles must be >= 0, got {num_articles}")
     if questions_per_article < 1:
@@ -318,17 +358,27 @@ def generate_squad(
     seed: int = 0,
     min_context_chars: int = DEFAULT_MIN_CONTEXT_CHARS,
     max_context_chars: int = DEFAULT_MAX_CONTEXT_CHARS,
+    entities_per_kind: int | None = None,
 ) -> dict:
     """A SQuAD v1 dataset of ``num_articles`` synthetic Chinese articles, one paragraph each.
 
     Context lengths fall in [min_context_chars, max_context_chars], roughly uniformly. Each paragraph gets
     ``questions_per_article`` questions about distinct facts, fewer only if it states fewer facts (a
     600-character article states about 20). Ids look like ``SYN_<seed>_<article>_Q<n>``.
+    ``entities_per_kind``: None fills 60% of each article with facts about as many entities as fit;
+    a number gives exactly that many entities of every kind (13 facts, about 210 characters, per one).
     The same arguments always give the same dataset; use another seed for a held-out set."""
-    _check_arguments(num_articles, questions_per_article, min_context_chars, max_context_chars)
+    _check_arguments(num_articles, questions_per_article, min_context_chars, max_context_chars, entities_per_kind)
     rng = random.Random(seed)
     articles = [
-        _article(rng, f"SYN_{seed}_{index:05d}", questions_per_article, min_context_chars, max_context_chars)
+        _article(
+            rng,
+            f"SYN_{seed}_{index:05d}",
+            questions_per_article,
+            min_context_chars,
+            max_context_chars,
+            entities_per_kind,
+        )
         for index in range(num_articles)
     ]
     return {"version": VERSION, "data": articles}

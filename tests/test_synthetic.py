@@ -16,6 +16,7 @@ from qa_lib.synthetic import (
 )
 
 FIRST_WINDOW_TOKENS = 512
+DEMO_DATA = dict(min_context_chars=200, max_context_chars=400, entities_per_kind=1)
 
 
 @pytest.fixture(scope="module")
@@ -97,13 +98,13 @@ def test_every_question_type_is_asked(dataset):
     assert max(endings.values()) < 0.15 * sum(endings.values())
 
 
-def test_a_good_share_of_answers_lies_beyond_the_first_512_tokens(offline_tokenizer, dataset):
-    pairs = questions(dataset)
-    encoded = offline_tokenizer(
+def share_beyond_first_window(tokenizer, data, max_length):
+    pairs = questions(data)
+    encoded = tokenizer(
         [qa["question"] for _, qa in pairs],
         [context for context, _ in pairs],
         truncation="only_second",
-        max_length=FIRST_WINDOW_TOKENS,
+        max_length=max_length,
         return_offsets_mapping=True,
     )
     outside = 0
@@ -113,7 +114,33 @@ def test_a_good_share_of_answers_lies_beyond_the_first_512_tokens(offline_tokeni
         covered_chars = max(end for (_, end), seq in zip(offsets, sequence_ids) if seq == 1)
         answer = qa["answers"][0]
         outside += answer["answer_start"] + len(answer["text"]) > covered_chars
-    assert 0.2 <= outside / len(pairs) <= 0.7
+    return outside / len(pairs)
+
+
+def test_a_good_share_of_answers_lies_beyond_the_first_512_tokens(offline_tokenizer, dataset):
+    assert 0.2 <= share_beyond_first_window(offline_tokenizer, dataset, FIRST_WINDOW_TOKENS) <= 0.7
+
+
+def test_demo_data_has_one_entity_per_kind_and_most_answers_beyond_128_tokens(offline_tokenizer):
+    data = generate_squad(40, seed=5, **DEMO_DATA)
+    kinds_per_article = len({relation.subject_kind for relation in RELATIONS})
+    for context, qa in questions(data):
+        assert 200 <= len(context) <= 400
+        (answer,) = qa["answers"]
+        assert context[answer["answer_start"] :].startswith(answer["text"]) and context.count(answer["text"]) == 1
+    for paragraph in paragraphs(data):
+        # every relation stated exactly once: one subject per kind, each with all its relations
+        subjects = {asked_entity(qa["question"]) for qa in paragraph["qas"]}
+        assert len(subjects) <= kinds_per_article
+        assert paragraph["context"].count("出生") == 1 and paragraph["context"].count("总部") == 1
+    assert 0.5 <= share_beyond_first_window(offline_tokenizer, data, 128) <= 0.9
+
+
+def test_entities_per_kind_needs_room_for_its_facts():
+    with pytest.raises(ValueError, match="max_context_chars=300 leaves no room"):
+        generate_squad(5, min_context_chars=200, max_context_chars=300, entities_per_kind=2)
+    with pytest.raises(ValueError, match="entities_per_kind"):
+        generate_squad(1, entities_per_kind=0)
 
 
 def test_fillers_fit_the_room_kept_for_them():
