@@ -30,7 +30,7 @@ from . import decoding
 from .batching import LengthGroupedBatches, WindowDataset, pad_batch
 from .checkpoint import CHECKPOINT_PREFIX, latest_checkpoint, load_checkpoint, save_checkpoint
 from .data import QAExample
-from .features import prepare_eval_features, prepare_train_features
+from .features import keep_answerless_windows, prepare_eval_features, prepare_train_features
 from .metric import corpus_scores
 from .predict import predict_features
 
@@ -60,6 +60,7 @@ class TrainConfig:
     eval_batch_size: int = 32
     max_answer_length: int = decoding.DEFAULT_MAX_ANSWER_LENGTH
     n_best: int = 20
+    answerless_windows: float = 1.0  # share of training windows without the answer that are kept
     model_overrides: dict = field(default_factory=dict)  # tiny-config sizes for the offline model
 
     @property
@@ -347,6 +348,13 @@ def train_qa(
     """
     same_seeds(config.seed)
     features = prepare_train_features(tokenizer, train_examples, config.max_length, config.doc_stride)
+    if config.answerless_windows < 1.0:
+        windows = len(features["input_ids"])
+        features, dropped = keep_answerless_windows(features, config.answerless_windows, config.seed)
+        log.info(
+            "training on %d of %d windows: dropped %d without the answer (answerless_windows=%g)",
+            windows - dropped, windows, dropped, config.answerless_windows,
+        )  # fmt: skip
     dataset = WindowDataset(features)
     batches = LengthGroupedBatches(
         dataset.lengths(), config.batch_size, config.seed, group=50 if config.group_by_length else 1

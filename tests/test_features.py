@@ -9,6 +9,7 @@ from qa_lib.features import (
     build_windows,
     char_to_token_positions,
     encode_windows,
+    keep_answerless_windows,
     prepare_eval_features,
     prepare_train_features,
     span_to_tokens,
@@ -126,3 +127,19 @@ def test_real_windows_equal_tokenizer_overflow(real_tokenizer, cmrc_dir, split):
     reference = encode_windows(real_tokenizer, [e.question for e in examples], [e.context for e in examples], 384, 128)
     assert len(ours["input_ids"]) == len(reference["input_ids"])
     assert all(list(a) == b for a, b in zip(ours["input_ids"], reference["input_ids"]))
+
+
+def test_keep_answerless_windows_drops_only_cls_windows_and_counts_them():
+    starts = [0, 5, 0, 0, 7, 0, 3, 0] * 50
+    features = {"start_positions": starts, "input_ids": list(range(len(starts)))}
+    answerless = starts.count(CLS_INDEX)
+    none, dropped = keep_answerless_windows(features, 0.0)
+    assert dropped == answerless and none["start_positions"] == [s for s in starts if s != CLS_INDEX]
+    assert none["input_ids"] == [i for i, s in enumerate(starts) if s != CLS_INDEX]  # rows stay aligned
+    everything, dropped = keep_answerless_windows(features, 1.0)
+    assert dropped == 0 and everything == features
+    half, dropped = keep_answerless_windows(features, 0.5, seed=1)
+    assert 0.35 * answerless < answerless - dropped < 0.65 * answerless
+    assert len(half["input_ids"]) == len(starts) - dropped
+    with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+        keep_answerless_windows(features, 1.5)

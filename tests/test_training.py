@@ -1,5 +1,6 @@
 import json
 import random
+import re
 
 import pytest
 import torch
@@ -141,3 +142,12 @@ def test_dynamic_padding_and_length_grouping():
     grouped.set_epoch(1)
     assert list(grouped) != list(LengthGroupedBatches(lengths, 8, seed=1))
     assert torch.equal(torch.tensor(list(grouped)[0]), torch.tensor(list(grouped)[0]))
+
+
+def test_answerless_windows_are_dropped_and_reported(offline_tokenizer, caplog):
+    config = preset("smoke", answerless_windows=0.0)
+    with caplog.at_level("INFO", logger="qa_lib.training"):
+        train_qa(smoke_model(offline_tokenizer, config), offline_tokenizer, birth_year_examples(16), config)
+    (message,) = [r.getMessage() for r in caplog.records if "without the answer" in r.getMessage()]
+    kept, total, dropped = map(int, re.match(r"training on (\d+) of (\d+) windows: dropped (\d+)", message).groups())
+    assert kept + dropped == total and dropped > 0
