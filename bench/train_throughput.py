@@ -58,7 +58,6 @@ from qa_lib.training import TrainConfig, make_optimizer, resolve_mixed_precision
 SIDES = ("assignment", "ours")
 CONFIGS = ("tiny", "base")
 WARMUP_STEPS = 3
-PAD_MULTIPLE = 8  # pad_batch's default: widths that are multiples of 8 suit tensor cores
 GOAL_RATIO = 1.0
 SEED = 0
 LEARNING_RATE = TrainConfig().learning_rate
@@ -88,6 +87,7 @@ def side_clock(device: str, threads: int) -> tuple[str, Clock]:
 @dataclass
 class SideInputs:
     batches: Iterator[dict]  # endless: the warm-up batches first, then the measured ones
+    warmup_steps: int
     steps_per_epoch: int
     windows: int
     covered: set[int]  # questions with a real-span label (not [CLS]) in at least one window
@@ -120,6 +120,7 @@ def assignment_inputs(tokenizer, examples: Sequence[QAExample], batch_size: int,
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True)
     return SideInputs(
         batches=(dict(zip(FIELDS, batch)) for batch in endless(loader)),
+        warmup_steps=WARMUP_STEPS,
         steps_per_epoch=len(loader),
         windows=len(examples),
         covered=set(torch.nonzero(starts != CLS_INDEX).flatten().tolist()),
@@ -129,12 +130,14 @@ def assignment_inputs(tokenizer, examples: Sequence[QAExample], batch_size: int,
     )
 
 
-def padded_width(batch: Sequence[int], lengths: Sequence[int]) -> int:
-    """Width ``pad_batch`` gives this batch: its longest window rounded up to ``PAD_MULTIPLE``."""
-    return -(-max(lengths[i] for i in batch) // PAD_MULTIPLE) * PAD_MULTIPLE
+def padded_width(batch: Sequence[int], lengths: Sequence[int], multiple: int) -> int:
+    """Width ``pad_batch`` gives this batch: its longest window rounded up to ``multiple``."""
+    return -(-max(lengths[i] for i in batch) // multiple) * multiple
 
 
-def width_stratified_sample(batches: Sequence[list[int]], lengths: Sequence[int], count: int) -> list[list[int]]:
+def width_stratified_sample(
+    batches: Sequence[list[int]], lengths: Sequence[int], count: int, multiple: int
+) -> list[list[int]]:
     """``count`` of the epoch's batches whose widths spread like the whole epoch's, in epoch order.
 
     Step time grows with the batch width, and a random 30 of a few hundred length-grouped batches
@@ -142,32 +145,47 @@ def width_stratified_sample(batches: Sequence[list[int]], lengths: Sequence[int]
     """
     if count >= len(batches):
         return list(batches)
-    by_width = sorted(range(len(batches)), key=lambda b: padded_width(batches[b], lengths))
+    by_width = sorted(range(len(batches)), key=lambda b: padded_width(batches[b], lengths, multiple))
     chosen = sorted(by_width[int((i + 0.5) * len(batches) / count)] for i in range(count))
     return [batches[b] for b in chosen]
 
 
-def ours_inputs(tokenizer, examples: Sequence[QAExample], batch_size: int, steps: int, clock: Clock) -> SideInputs:
+def one_batch_per_width(batches: Sequence[list[int]], lengths: Sequence[int], multiple: int) -> list[list[int]]:
+    """The first batch of each distinct padded width: warming these up makes every later step's shape
+    familiar, as in the second and later epochs of a real run (shape-specific kernels and plans are
+    built once per process)."""
+    firsts: dict[int, list[int]] = {}
+    for batch in batches:
+        firsts.setdefault(padded_width(batch, lengths, multiple), batch)
+    return list(firsts.values())
+
+
+def ours_inputs(
+    tokenizer, examples: Sequence[QAExample], arguments: argparse.Namespace, clock: Clock
+) -> SideInputs:
     """Overlapping windows that cover the answers, length-grouped batches, each padded to its longest window."""
+    multiple = arguments.pad_multiple
     started = clock()
     features = prepare_train_features(tokenizer, examples, MAX_LENGTH, DOC_STRIDE)
     preprocessing_s = clock() - started
     dataset = WindowDataset(features)
     lengths = dataset.lengths()
-    epoch = list(LengthGroupedBatches(lengths, batch_size, SEED, group=50))
-    measured = width_stratified_sample(epoch, lengths, steps)
+    epoch = list(LengthGroupedBatches(lengths, arguments.batch_size, SEED, group=50))
+    measured = width_stratified_sample(epoch, lengths, arguments.steps, multiple)
+    warmup = one_batch_per_width(epoch, lengths, multiple) if arguments.warm_every_width else measured[:WARMUP_STEPS]
     loader = DataLoader(
         dataset,
-        batch_sampler=measured[:WARMUP_STEPS] + measured,
-        collate_fn=partial(pad_batch, pad_token_id=tokenizer.pad_token_id, multiple_of=PAD_MULTIPLE),
+        batch_sampler=warmup + measured,
+        collate_fn=partial(pad_batch, pad_token_id=tokenizer.pad_token_id, multiple_of=multiple),
     )
     return SideInputs(
         batches=endless(loader),
+        warmup_steps=len(warmup),
         steps_per_epoch=len(epoch),
         windows=len(dataset),
         covered={i for i, start in zip(features["example_index"], features["start_positions"]) if start != CLS_INDEX},
         epoch_real_tokens=sum(lengths),
-        epoch_padded_tokens=sum(len(batch) * padded_width(batch, lengths) for batch in epoch),
+        epoch_padded_tokens=sum(len(batch) * padded_width(batch, lengths, multiple) for batch in epoch),
         preprocessing_s=preprocessing_s,
     )
 
@@ -224,6 +242,7 @@ class StepTimes:
     padded_tokens: int = 0
     skipped_updates: int = 0  # fp16 steps the loss scaler skipped: cheaper than real ones, so counted
     wall_s: float = 0.0
+    warmup_wall_s: float = 0.0  # untimed steps: first calls, shape-specific kernel choices
 
     @property
     def total_s(self) -> float:
@@ -239,13 +258,13 @@ def timed_steps(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     accelerator: Accelerator,
-    batches: Iterator[dict],
+    inputs: SideInputs,
     steps: int,
     clock: Clock,
 ) -> StepTimes:
-    """Run ``WARMUP_STEPS`` + ``steps`` training steps; time the last ``steps`` piece by piece."""
-    device, times = accelerator.device.type, StepTimes()
-    for step in range(WARMUP_STEPS + steps):
+    """Run the warm-up steps + ``steps`` training steps; time the last ``steps`` piece by piece."""
+    device, times, batches = accelerator.device.type, StepTimes(), inputs.batches
+    for step in range(inputs.warmup_steps + steps):
         wall_started, started = time.perf_counter(), clock()
         batch = {key: value.to(accelerator.device) for key, value in next(batches).items()}
         synchronize(device)
@@ -260,7 +279,7 @@ def timed_steps(
         finished = clock()
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {loss.item()} at step {step}")
-        if step >= WARMUP_STEPS:
+        if step >= inputs.warmup_steps:
             times.data_s += loaded - started
             times.compute_s += computed - loaded
             times.optimizer_s += finished - computed
@@ -268,6 +287,8 @@ def timed_steps(
             times.padded_tokens += batch["input_ids"].numel()
             times.skipped_updates += accelerator.optimizer_step_was_skipped
             times.wall_s += time.perf_counter() - wall_started
+        else:
+            times.warmup_wall_s += time.perf_counter() - wall_started
     return times
 
 
@@ -286,7 +307,9 @@ def run_side(side: str, arguments: argparse.Namespace) -> dict[str, Any]:
     if side == "assignment":
         inputs = assignment_inputs(tokenizer, examples, arguments.batch_size, clock)
     else:
-        inputs = ours_inputs(tokenizer, examples, arguments.batch_size, arguments.steps, clock)
+        inputs = ours_inputs(tokenizer, examples, arguments, clock)
+    if not arguments.cudnn_attention:
+        torch.backends.cuda.enable_cudnn_sdp(False)
 
     precision = side_precision(side, arguments.device)
     accelerator = Accelerator(mixed_precision=precision, cpu=arguments.device == "cpu")
@@ -296,7 +319,7 @@ def run_side(side: str, arguments: argparse.Namespace) -> dict[str, Any]:
     optimizer = side_optimizer(side, model)
     kind = optimizer_kind(optimizer, arguments.device)
     model, optimizer = accelerator.prepare(model, optimizer)
-    times = timed_steps(model, optimizer, accelerator, inputs.batches, arguments.steps, clock)
+    times = timed_steps(model, optimizer, accelerator, inputs, arguments.steps, clock)
 
     steps = arguments.steps
     step_s = times.total_s / steps
@@ -309,6 +332,8 @@ def run_side(side: str, arguments: argparse.Namespace) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "clock": clock_name,
         "parameters": sum(p.numel() for p in model.parameters()),
+        "warmup_steps": inputs.warmup_steps,
+        "warmup_wall_s": round(times.warmup_wall_s, 2),
         "questions": len(examples),
         "windows": inputs.windows,
         "answers_covered": round(len(inputs.covered) / len(examples), 4),
@@ -355,6 +380,8 @@ ROWS = (  # (label, key, format)
     ("real tokens per epoch", "epoch_real_tokens", "{:,}"),
     ("preprocessing, once (s)", "preprocessing_s", "{:.2f}"),
     ("steps per epoch", "steps_per_epoch", "{:,}"),
+    ("warm-up steps, untimed", "warmup_steps", "{}"),
+    ("  their wall time (s)", "warmup_wall_s", "{:.2f}"),
     ("time per step (ms)", "step_ms", "{:.1f}"),
     ("  wall time per step (ms)", "wall_step_ms", "{:.1f}"),
     ("  data: collate + copy", "data_ms", "{:.1f}"),
@@ -414,7 +441,9 @@ def report(arguments: argparse.Namespace, sides: dict[str, dict], load_before: d
     print(
         f"config {arguments.config} ({ours['parameters'] / 1e6:.1f}M parameters), {ours['device_name']}, "
         f"torch {torch.__version__}, {ours['torch_threads']} CPU thread(s), batch {arguments.batch_size}, "
-        f"{arguments.steps} timed steps after {WARMUP_STEPS} warm-up, "
+        f"{arguments.steps} timed steps after {assignment['warmup_steps']} (assignment) / {ours['warmup_steps']} (ours) "
+        f"warm-up, padding to a multiple of {arguments.pad_multiple}, cuDNN attention "
+        f"{'on' if arguments.cudnn_attention else 'off'}, "
         f"CMRC 2018 trial: {ours['questions']:,} questions; times are {ours['clock']}"
     )
     print(f"{'':32}{'assignment':>16}{'ours':>16}")
@@ -445,14 +474,26 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--steps", type=int, default=30, help=f"timed steps per side, after {WARMUP_STEPS} warm-up")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--pad-multiple", type=int, default=8, help="ours: pad each batch to a multiple of this")
+    parser.add_argument(
+        "--warm-every-width",
+        action="store_true",
+        help="ours: warm up on one batch of every distinct width (steady state of a multi-epoch run)",
+    )
+    parser.add_argument(
+        "--no-cudnn-attention",
+        dest="cudnn_attention",
+        action="store_false",
+        help="both sides: disable PyTorch's cuDNN scaled-dot-product attention backend",
+    )
     # One thread by default: on a shared 2-core machine two OpenMP threads wait on each other
     # whenever another process holds a core, and a step gets several times slower.
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per side")
     parser.add_argument("--json", action="store_true", help="end with one JSON line holding every number")
     parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)  # internal: run one side, print its JSON
     arguments = parser.parse_args()
-    if min(arguments.steps, arguments.batch_size, arguments.threads) < 1:
-        parser.error("--steps, --batch-size and --threads must be at least 1")
+    if min(arguments.steps, arguments.batch_size, arguments.threads, arguments.pad_multiple) < 1:
+        parser.error("--steps, --batch-size, --threads and --pad-multiple must be at least 1")
     if arguments.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA GPU here")
     return arguments
@@ -478,7 +519,9 @@ def main() -> None:
                 "torch": torch.__version__,
                 "transformers": transformers.__version__,
                 "batch_size": arguments.batch_size,
-                "warmup_steps": WARMUP_STEPS,
+                "pad_multiple": arguments.pad_multiple,
+                "warm_every_width": arguments.warm_every_width,
+                "cudnn_attention": arguments.cudnn_attention,
                 "steps": arguments.steps,
                 **summary,
                 **sides,
