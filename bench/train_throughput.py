@@ -160,9 +160,7 @@ def one_batch_per_width(batches: Sequence[list[int]], lengths: Sequence[int], mu
     return list(firsts.values())
 
 
-def ours_inputs(
-    tokenizer, examples: Sequence[QAExample], arguments: argparse.Namespace, clock: Clock
-) -> SideInputs:
+def ours_inputs(tokenizer, examples: Sequence[QAExample], arguments: argparse.Namespace, clock: Clock) -> SideInputs:
     """Overlapping windows that cover the answers, length-grouped batches, each padded to its longest window."""
     multiple = arguments.pad_multiple
     started = clock()
@@ -441,8 +439,8 @@ def report(arguments: argparse.Namespace, sides: dict[str, dict], load_before: d
     print(
         f"config {arguments.config} ({ours['parameters'] / 1e6:.1f}M parameters), {ours['device_name']}, "
         f"torch {torch.__version__}, {ours['torch_threads']} CPU thread(s), batch {arguments.batch_size}, "
-        f"{arguments.steps} timed steps after {assignment['warmup_steps']} (assignment) / {ours['warmup_steps']} (ours) "
-        f"warm-up, padding to a multiple of {arguments.pad_multiple}, cuDNN attention "
+        f"{arguments.steps} timed steps after {assignment['warmup_steps']} (assignment) / "
+        f"{ours['warmup_steps']} (ours) warm-up, padding to a multiple of {arguments.pad_multiple}, cuDNN attention "
         f"{'on' if arguments.cudnn_attention else 'off'}, "
         f"CMRC 2018 trial: {ours['questions']:,} questions; times are {ours['clock']}"
     )

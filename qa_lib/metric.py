@@ -134,11 +134,13 @@ def corpus_scores(references: Mapping[str, Sequence[str]], predictions: Mapping[
     unknown = [question_id for question_id in predictions if question_id not in references]
     # INFO, not WARNING: with no logging configured, warnings reach stderr, which notebook tests forbid.
     if skipped:
-        logger.info("%d of %d questions have no prediction and score 0, e.g. %s", len(skipped), len(references),
-                    skipped[:3])
+        logger.info(
+            "%d of %d questions have no prediction and score 0, e.g. %s", len(skipped), len(references), skipped[:3]
+        )
     if unknown:
-        logger.info("%d predictions are for ids not in the gold file and are ignored, e.g. %s", len(unknown),
-                    unknown[:3])
+        logger.info(
+            "%d predictions are for ids not in the gold file and are ignored, e.g. %s", len(unknown), unknown[:3]
+        )
     em = 100 * em_sum / len(references)
     f1 = 100 * f1_sum / len(references)
     return {"AVERAGE": (em + f1) / 2, "F1": f1, "EM": em, "TOTAL": len(references), "SKIP": len(skipped)}
@@ -160,8 +162,9 @@ def _field(record: object, key: str, kind: type, path: str | PathLike, where: st
     if key not in record:
         raise MetricInputError(f"{path}: {where}: missing field {key!r}")
     if not isinstance(record[key], kind):
-        raise MetricInputError(f"{path}: {where}: field {key!r} should be {kind.__name__}, "
-                               f"got {type(record[key]).__name__}")
+        raise MetricInputError(
+            f"{path}: {where}: field {key!r} should be {kind.__name__}, got {type(record[key]).__name__}"
+        )
     return record[key]
 
 
@@ -191,12 +194,14 @@ def read_predictions(path: str | PathLike) -> dict[str, str]:
     """A predictions file: one JSON object mapping question id to answer text."""
     predictions = _load_json(path)
     if not isinstance(predictions, dict):
-        raise MetricInputError(f"{path}: expected a JSON object {{question id: answer text}}, "
-                               f"got {type(predictions).__name__}")
+        raise MetricInputError(
+            f"{path}: expected a JSON object {{question id: answer text}}, got {type(predictions).__name__}"
+        )
     for question_id, answer in predictions.items():
         if not isinstance(answer, str):
-            raise MetricInputError(f"{path}: question {question_id!r}: answer should be str, "
-                                   f"got {type(answer).__name__}")
+            raise MetricInputError(
+                f"{path}: question {question_id!r}: answer should be str, got {type(answer).__name__}"
+            )
     return predictions
 
 

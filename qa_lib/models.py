@@ -84,9 +84,7 @@ def init_sinusoidal_positions(model: PreTrainedModel) -> None:
     table = model.base_model.embeddings.position_embeddings.weight
     positions, width = table.shape
     amplitude = SINUSOID_AMPLITUDE * model.config.initializer_range
-    angles = torch.arange(positions).unsqueeze(1) * torch.exp(
-        torch.arange(0, width, 2) * (-math.log(10000.0) / width)
-    )
+    angles = torch.arange(positions).unsqueeze(1) * torch.exp(torch.arange(0, width, 2) * (-math.log(10000.0) / width))
     with torch.no_grad():
         table[:, 0::2] = amplitude * torch.sin(angles)
         table[:, 1::2] = amplitude * torch.cos(angles)

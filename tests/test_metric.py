@@ -121,7 +121,14 @@ def test_english_words_need_no_nltk_data(monkeypatch):
     monkeypatch.setattr(nltk.data, "load", no_data)
     # A run seen by no other test, so the word cache cannot answer for the tokenizer.
     assert segment("Data-free tokenizer works, doesn't it?") == [
-        "datafree", "tokenizer", "works", ",", "does", "n't", "it", "?",
+        "datafree",
+        "tokenizer",
+        "works",
+        ",",
+        "does",
+        "n't",
+        "it",
+        "?",
     ]
 
 
@@ -215,13 +222,25 @@ def test_corpus_scores_needs_questions():
 def _gold_document() -> dict:
     return {
         "data": [
-            {"paragraphs": [{"qas": [
-                {"id": "A_0", "answers": [
-                    {"text": "北京", "answer_start": 0},
-                    {"text": "北京大学", "answer_start": -1},  # unanswerable-looking, still a reference text
-                ]},
-                {"id": "A_1", "answers": [{"text": "1990年", "answer_start": 3}]},
-            ]}]},
+            {
+                "paragraphs": [
+                    {
+                        "qas": [
+                            {
+                                "id": "A_0",
+                                "answers": [
+                                    {"text": "北京", "answer_start": 0},
+                                    {
+                                        "text": "北京大学",
+                                        "answer_start": -1,
+                                    },  # unanswerable-looking, still a reference text
+                                ],
+                            },
+                            {"id": "A_1", "answers": [{"text": "1990年", "answer_start": 3}]},
+                        ]
+                    }
+                ]
+            },
             {"paragraphs": [{"qas": []}, {"qas": [{"id": "B_0", "answers": [{"text": "上海", "answer_start": 5}]}]}]},
         ]
     }
