@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,11 @@ class QAExample:
     context: str
     question: str
     answers: tuple[Answer, ...]  # validated references; the first one is the training label
+
+
+def references_of(examples: Sequence[QAExample]) -> dict[str, list[str]]:
+    """``{question_id: [reference answer texts]}``, the gold side of the metric."""
+    return {e.id: [a.text for a in e.answers] for e in examples}
 
 
 @dataclass

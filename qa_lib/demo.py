@@ -48,7 +48,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from .data import DataUnavailable, QAExample, cmrc_file, examples_from_squad, load_squad
+from .data import DataUnavailable, QAExample, cmrc_file, examples_from_squad, load_squad, references_of
 from .decoding import gold_logits, postprocess_predictions
 from .features import CLS_INDEX, answer_coverage, label_windows, prepare_eval_features
 from .metric import corpus_scores
@@ -63,10 +63,6 @@ DEMO_TRAIN_ARTICLES, DEMO_EVAL_ARTICLES = 640, 30
 DEMO_DATA = dict(min_context_chars=200, max_context_chars=400, entities_per_kind=1)
 # The second training stage: windows without the answer come back once the model can find answers.
 ANSWERLESS_STAGE = dict(epochs=1, learning_rate=1e-3, warmup_ratio=0.0, answerless_windows=0.3)
-
-
-def references_of(examples: Sequence[QAExample]) -> dict[str, list[str]]:
-    return {e.id: [a.text for a in e.answers] for e in examples}
 
 
 def data_report(

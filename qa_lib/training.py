@@ -29,7 +29,7 @@ from transformers import get_linear_schedule_with_warmup
 from . import decoding
 from .batching import LengthGroupedBatches, WindowDataset, pad_batch
 from .checkpoint import CHECKPOINT_PREFIX, latest_checkpoint, load_checkpoint, save_checkpoint
-from .data import QAExample
+from .data import QAExample, references_of
 from .features import keep_answerless_windows, prepare_eval_features, prepare_train_features
 from .metric import corpus_scores
 from .predict import predict_features
@@ -321,7 +321,7 @@ def qa_evaluator(
     tokenizer, examples: Sequence[QAExample], config: TrainConfig, references: Mapping[str, Sequence[str]] | None = None
 ) -> Callable[[torch.nn.Module], dict]:
     """EM/F1 with the official metric over windowed n-best predictions."""
-    references = references or {e.id: [a.text for a in e.answers] for e in examples}
+    references = references or references_of(examples)
     features = prepare_eval_features(tokenizer, examples, config.max_length, config.doc_stride)
 
     def evaluate(model) -> dict:
