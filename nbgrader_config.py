@@ -3,7 +3,7 @@
 The repository root is the course directory: ``solutions/bert_qa/`` holds the instructor notebooks,
 ``nbgrader generate_assignment bert_qa`` writes the student notebooks to ``notebooks/bert_qa/``. Student
 submissions go to ``submitted/<student>/bert_qa/``; ``autograded/``, ``feedback/`` and ``gradebook.db`` are
-git-ignored. ``qa_lib.grading`` loads this file to grade in a temporary course directory (tests, demo).
+git-ignored. ``qa_lib.course.grading`` loads this file to grade in a temporary course directory (tests, demo).
 """
 
 import os
@@ -11,7 +11,7 @@ import os
 from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
 from nbgrader.preprocessors import GetGrades
 
-from qa_lib.grading import HideHiddenTests
+from qa_lib.course.grading import HideHiddenTests
 
 c = get_config()  # noqa: F821 (nbgrader provides get_config when it executes this file)
 

@@ -14,10 +14,9 @@ Each module holds one concept and names the notebook section that teaches it:
 - wwm       -- Chinese whole word masking: jieba word ids, collator     (notebook 2 s.3)
 - pretraining -- continued MLM pretraining through the training loop    (notebook 2 s.3)
 - backbones -- Chinese BERT backbones and their published CMRC results  (notebook 2 s.3)
-- synthetic -- the offline synthetic Chinese QA generator               (demo)
 - plots     -- learning curves, length histogram, start/end probabilities
-- demo      -- the offline demo behind `make demo`
-- grading   -- notebook checks and nbgrader helpers                     (instructors)
+- course    -- course tooling, not part of the pipeline: grading (nbgrader helpers, instructors),
+               demo (`make demo`), synthetic (offline Chinese QA generator)
 - cli       -- the `qa-kit` command
 """
 

@@ -103,12 +103,12 @@ def command_predict(args) -> dict:
 
 
 def command_demo(args) -> dict:
-    from .demo import report_data, train_demo
+    from .course.demo import report_data, train_demo
 
     started = time.perf_counter()
     data = report_data(print)
     results = train_demo(print, args.output_dir, quick=args.quick)
-    from .grading import grading_demo
+    from .course.grading import grading_demo
 
     grading = grading_demo(print)
     return {
@@ -130,8 +130,8 @@ def command_pretrain_mlm(args) -> dict:
 
 
 def command_check(args) -> dict:
+    from .course.grading import check_notebook
     from .data import DataFormatError
-    from .grading import check_notebook
 
     reports = []
     for name in args.notebooks:

@@ -74,7 +74,7 @@ PRESETS: dict[str, TrainConfig] = {
     "colab-t4": TrainConfig(),
     # The offline demo: tiny random BERT, synthetic data, two CPU cores, a few minutes. The assignment at a
     # quarter of its scale (128-token windows), and three settings without which a BERT trained from scratch
-    # learnt nothing in that time (measured; see qa_lib.demo): no answerless windows, larger initial weights
+    # learnt nothing in that time (measured; see qa_lib.course.demo): no answerless windows, larger initial weights
     # (attention is near uniform with BERT's 0.02), no dropout (there is no pretraining to protect).
     "cpu-demo": TrainConfig(
         model="offline-tiny",

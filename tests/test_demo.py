@@ -1,6 +1,6 @@
 """The offline demo's training step: the tiny BERT must visibly learn, and windows must beat truncation."""
 
-from qa_lib.demo import continue_history, train_demo
+from qa_lib.course.demo import continue_history, train_demo
 
 
 def test_continue_history_numbers_the_second_run_on():

@@ -16,7 +16,7 @@ import nbformat
 import pytest
 
 from qa_lib import cli
-from qa_lib.grading import (
+from qa_lib.course.grading import (
     ASSIGNMENT,
     BEGIN_HIDDEN,
     END_HIDDEN,

@@ -3,10 +3,10 @@ import json
 import pytest
 
 from qa_lib.cli import main
+from qa_lib.course.synthetic import generate_squad
 from qa_lib.data import examples_from_squad
 from qa_lib.models import load_qa_model
 from qa_lib.predict import answer, predict_examples
-from qa_lib.synthetic import generate_squad
 from qa_lib.training import preset, same_seeds
 
 

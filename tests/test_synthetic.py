@@ -5,7 +5,7 @@ from collections import Counter
 
 import pytest
 
-from qa_lib.synthetic import (
+from qa_lib.course.synthetic import (
     ENTITY_FILLERS,
     FILLER_ROOM,
     GENERIC_FILLERS,

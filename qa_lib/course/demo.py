@@ -48,14 +48,14 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from .data import DataUnavailable, QAExample, cmrc_file, examples_from_squad, load_squad, references_of
-from .decoding import gold_logits, postprocess_predictions
-from .features import CLS_INDEX, answer_coverage, label_windows, prepare_eval_features
-from .metric import corpus_scores
-from .models import build_offline_tokenizer, load_qa_model, load_tokenizer
-from .predict import predict_examples
+from ..data import DataUnavailable, QAExample, cmrc_file, examples_from_squad, load_squad, references_of
+from ..decoding import gold_logits, postprocess_predictions
+from ..features import CLS_INDEX, answer_coverage, label_windows, prepare_eval_features
+from ..metric import corpus_scores
+from ..models import build_offline_tokenizer, load_qa_model, load_tokenizer
+from ..predict import predict_examples
+from ..training import preset, same_seeds, train_qa
 from .synthetic import generate_squad
-from .training import preset, same_seeds, train_qa
 
 VOCAB_DIR_VARIABLE = "QA_KIT_VOCAB_DIR"
 DEMO_TRAIN_ARTICLES, DEMO_EVAL_ARTICLES = 640, 30
@@ -167,7 +167,7 @@ def train_demo(say, output_dir: str | Path = "runs/demo", quick: bool = False) -
     for example in held_out[:3]:
         say(f"Q: {example.question}  gold: {example.answers[0].text}  predicted: {results['windows'][2][example.id]}")
     Path(output_dir).mkdir(parents=True, exist_ok=True)
-    from .plots import plot_learning_curves
+    from ..plots import plot_learning_curves
 
     curve = Path(output_dir) / "learning_curves.png"
     plot_learning_curves(history, curve)

@@ -15,7 +15,7 @@ is not enough), sentence order is random, and questions are paraphrased.
 so each relation occurs once per article but answer types still repeat (a birth date and a
 founding date, a home town and a headquarters city): the question's relation word decides. A
 tiny randomly initialised BERT learns that within minutes on two CPU cores; telling apart several
-people who share a relation (the default) takes it far longer (measurements in ``qa_lib.demo``).
+people who share a relation (the default) takes it far longer (measurements in ``qa_lib.course.demo``).
 
 Guarantees: all names in an article are distinct and none contains another; every answer occurs
 exactly once in its context, at ``answer_start``; output depends only on the arguments

@@ -80,7 +80,7 @@ class ReferenceSolutionCalled(AssertionError):
 def _refuse_reference(*args, **kwargs):
     # This code runs as the disabled function's code, so with that module's globals: it may use builtins only.
     name = __import__("sys")._getframe().f_code.co_qualname
-    grading = __import__("qa_lib.grading", fromlist=["ReferenceSolutionCalled"])
+    grading = __import__("qa_lib.course.grading", fromlist=["ReferenceSolutionCalled"])
     raise grading.ReferenceSolutionCalled(
         f"qa_lib's {name}() is the reference solution of this exercise: write the exercise with your own code "
         "(the library is there to use around the exercises, not inside them)"
@@ -277,7 +277,7 @@ class HideHiddenTests(Preprocessor):
 
 def kit_root() -> Path:
     """The checkout holding ``nbgrader_config.py`` and ``solutions/`` (grading needs the repository, not a wheel)."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     if not (root / "nbgrader_config.py").is_file() or not (root / "solutions" / ASSIGNMENT).is_dir():
         raise FileNotFoundError(
             f"{root} has no nbgrader_config.py and solutions/{ASSIGNMENT}/: grading runs from a checkout of the kit"
