@@ -8,10 +8,22 @@ git-ignored. ``qa_lib.course.grading`` loads this file to grade in a temporary c
 
 import os
 
-from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
-from nbgrader.preprocessors import GetGrades
+from nbconvert.preprocessors import ClearMetadataPreprocessor, CSSHTMLHeaderPreprocessor
+from nbgrader.preprocessors import (
+    AssignLatePenalties,
+    CheckCellMetadata,
+    ClearOutput,
+    DeduplicateIds,
+    GetGrades,
+    IgnorePattern,
+    LimitOutput,
+    OverwriteCells,
+    OverwriteKernelspec,
+    SaveAutoGrades,
+)
 
 from qa_lib.course.grading import HideHiddenTests
+from qa_lib.course.judge import Judge, SandboxedExecute, StripHiddenTests
 
 c = get_config()  # noqa: F821 (nbgrader provides get_config when it executes this file)
 
@@ -28,6 +40,31 @@ c.ClearSolutions.text_stub = "请在此作答 (YOUR ANSWER HERE)"
 # (5-8 s alone, several times that on a busy shared grader) and the smoke training cell takes a few
 # seconds; 300 s leaves room for a slow machine while a submission stuck in a loop still ends.
 c.Execute.timeout = 300
+
+# Autograde = nbgrader's own steps plus three of the kit's (qa_lib/course/judge.py): hidden tests are removed before
+# the student's kernel starts, the kernel runs in a bubblewrap sandbox (refused without bubblewrap unless
+# QA_KIT_UNSANDBOXED=1), and every test cell's verdict comes from the judge, which runs the answer cells and the
+# tests' cases in a fresh sandboxed Python and compares the outputs in this process.
+c.Autograde.sanitize_preprocessors = [
+    ClearOutput,
+    DeduplicateIds,
+    OverwriteKernelspec,
+    OverwriteCells,
+    StripHiddenTests,
+    CheckCellMetadata,
+]
+c.Autograde.autograde_preprocessors = [
+    SandboxedExecute,
+    Judge,
+    IgnorePattern,
+    ClearMetadataPreprocessor,
+    LimitOutput,
+    SaveAutoGrades,
+    AssignLatePenalties,
+    CheckCellMetadata,
+]
+# Validate (students, on their own machines) sandboxes the kernel where bubblewrap works and never requires it.
+c.Execute.kernel_manager_class = "qa_lib.course.sandbox.SandboxedKernelManager"
 
 # Students and assignments are created in the gradebook as they are graded.
 c.Autograde.create_student = True

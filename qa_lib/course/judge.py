@@ -1,0 +1,324 @@
+"""The judge: points come from outputs compared outside the student's kernel, as in a programming contest.
+
+Why: a notebook kernel belongs to the student. An IPython hook can swallow every test's error, an object can
+equal everything, a cell can rebind the helpers a test relies on. So no test cell decides a grade in the kernel.
+
+How a notebook is graded (``nbgrader autograde``, through the preprocessors registered in nbgrader_config.py):
+
+1. :class:`StripHiddenTests` removes the hidden tests from the notebook before its kernel starts: the student's
+   code never sees their inputs, so it cannot print them into its feedback either.
+2. :class:`SandboxedExecute` runs the notebook in a bubblewrap sandbox (``qa_lib.course.sandbox``) with output
+   capped in bytes and a time budget for the whole notebook. Test cells only print that they are judged outside.
+3. :class:`Judge` reads the instructor's test cells from the gradebook and replays them in this process to
+   collect their cases (plain data); runs the student's answer cells and those cases in a fresh sandboxed Python
+   (``python -m qa_lib.course.probe``) whose ``qa_lib`` has the exercises' reference implementations replaced by
+   stubs; compares the outputs here with the library's (``qa_lib.course.exercises``); and writes each test
+   cell's verdict as its only output: an error for a failure, nothing else. nbgrader's own SaveAutoGrades then
+   turns that into points, so the gradebook, formgrader, feedback and reports work as usual.
+
+No record, a malformed record or a record produced twice for a test gives 0 for it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import nbformat
+from nbformat import NotebookNode
+from nbgrader.preprocessors import Execute, NbGraderPreprocessor
+from traitlets import Integer
+
+from . import exercises, sandbox
+from .exercises import EXERCISES
+
+JUDGED_OUTSIDE = "评分时由评分程序在内核之外判定 (judged outside the kernel while grading)"
+HIDDEN_PLACEHOLDER = "# 隐藏测试：评分时在你的内核之外运行 (hidden tests run outside your kernel while grading)"
+HELPER_CELL = "test_helpers"
+PROBE_SECONDS = 240  # one sandboxed probe: every test of a notebook; a stuck one loses only unfinished tests
+RESULTS_LIMIT_BYTES = 20 * 2**20
+
+
+# --- Tests: the instructor's cells, replayed here to collect their cases ----------------------------------------------
+
+
+def collect_cases(helper_source: str, test_sources: dict[str, str]) -> dict[str, list[dict]]:
+    """``{grade id: cases}``: the test cells run in this process with ``check`` recording instead of checking.
+    They are the instructor's cells from the gradebook; the exercise functions are only names here."""
+    recorded: dict[str, list[dict]] = {grade_id: [] for grade_id in test_sources}
+    namespace: dict = {"__name__": "__judge__"}
+    exec(compile(helper_source, HELPER_CELL, "exec"), namespace)
+    namespace["check"] = lambda grade_id, function, cases: recorded[grade_id].extend(
+        {"function": function, **case} for case in cases
+    )
+    namespace.update({name: name for exercise in EXERCISES.values() for name in exercise.functions})
+    for grade_id, source in test_sources.items():
+        exec(compile(source, grade_id, "exec"), namespace)
+    return recorded
+
+
+# --- The sandboxed probe ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProbeJob:
+    cells: list[dict]  # answer cells to execute: {"grade_id", "source"}
+    tests: list[dict]  # {"grade_id", "cases"}
+    stand_ins: list[str]  # library functions given under the exercise's names
+    references_stubbed: frozenset[str]
+
+
+def probe_jobs(answers: dict[str, str], cases: dict[str, list[dict]]) -> list[ProbeJob]:
+    """One probe for the exercises graded with every answer cell, one for those graded with another exercise's
+    function replaced by the library's (E5, E8): there that exercise's cell does not run and its reference is live."""
+    every_reference = frozenset(name for exercise in EXERCISES.values() for name in exercise.references)
+    alone, together = [], []
+    for grade_id, test_cases in cases.items():
+        (together if exercises.exercise_of(grade_id).graded_with else alone).append(
+            {"grade_id": grade_id, "cases": test_cases}
+        )
+    cells = [{"grade_id": grade_id, "source": source} for grade_id, source in answers.items()]
+    jobs = [ProbeJob(cells, alone, [], every_reference)] if alone else []
+    if together:
+        replaced = sorted({name for test in together for name in exercises.exercise_of(test["grade_id"]).graded_with})
+        owners = {exercises.exercise_defining(name) for name in replaced}
+        kept = [cell for cell in cells if cell["grade_id"] not in {owner.answer_cell for owner in owners}]
+        live = {name for owner in owners for name in owner.references}
+        jobs.append(ProbeJob(kept, together, replaced, every_reference - live))
+    return jobs
+
+
+@cache
+def stubbed_library(references: frozenset[str]) -> Path:
+    """The library copy for a probe, made once per grading process (kept until the process ends)."""
+    folder = Path(tempfile.mkdtemp(prefix="qa-kit-judge-lib-"))
+    return sandbox.library_without(references, folder)
+
+
+@cache
+def tokenizer_folder() -> Path:
+    from qa_lib.models import build_offline_tokenizer
+
+    folder = Path(tempfile.mkdtemp(prefix="qa-kit-judge-tokenizer-"))
+    build_offline_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def run_probe(job: ProbeJob, sandboxed: bool) -> tuple[dict[str, str], list[dict]]:
+    """Execute a probe; returns the answer cells' errors and the test records it wrote (unparsed lines dropped)."""
+    import qa_lib
+
+    with tempfile.TemporaryDirectory(prefix="qa-kit-probe-") as scratch:
+        scratch = Path(scratch)
+        payload = {"cells": job.cells, "tests": job.tests, "stand_ins": job.stand_ins, "tokenizer": "/judge/tokenizer"}
+        (scratch / "job.json").write_text(json.dumps(payload, ensure_ascii=False), encoding="utf-8")
+        command = [sys.executable, "-m", "qa_lib.course.probe", str(scratch / "job.json"), str(scratch / "results")]
+        if sandboxed:
+            library = stubbed_library(job.references_stubbed)
+            mounts = {Path(qa_lib.__file__).resolve().parent: library, Path("/judge/tokenizer"): tokenizer_folder()}
+            command = sandbox.bwrap_command(command, workdir=scratch, mounts=mounts, writable={scratch: scratch})
+        else:
+            payload["tokenizer"] = str(tokenizer_folder())
+            (scratch / "job.json").write_text(json.dumps(payload, ensure_ascii=False), encoding="utf-8")
+        try:
+            subprocess.run(
+                command,
+                cwd=scratch,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=PROBE_SECONDS,
+                start_new_session=True,
+            )
+        except subprocess.TimeoutExpired:
+            pass  # the records written so far count; the sandbox died with its parent bwrap
+        return read_records(scratch / "results")
+
+
+def read_records(path: Path) -> tuple[dict[str, str], list[dict]]:
+    if not path.is_file():
+        return {}, []
+    with path.open("rb") as file:
+        lines = file.read(RESULTS_LIMIT_BYTES).decode("utf-8", errors="replace").splitlines()
+    records = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    head = records[0].get("cell_errors") if records else None
+    cell_errors = {str(k): str(v) for k, v in head.items()} if isinstance(head, dict) else {}
+    return cell_errors, [record for record in records[1:] if isinstance(record.get("grade_id"), str)]
+
+
+# --- Verdicts --------------------------------------------------------------------------------------------------------
+
+
+def judge_test(
+    grade_id: str, cases: list[dict], records: list[dict], cell_errors: dict[str, str], tokenizer
+) -> str | None:
+    """None when the test passes, else the message its cell shows."""
+    mine = [record for record in records if record.get("grade_id") == grade_id]
+    exercise = exercises.exercise_of(grade_id)
+    cell_error = cell_errors.get(exercise.answer_cell)
+    if not cases:
+        return "this test cell has no check(...): it cannot be graded outside the kernel"
+    if len(mine) != 1:
+        return "no result for this test (time or memory limit)" if not mine else "result produced twice: rejected"
+    record = mine[0]
+    if "outputs" not in record:
+        detail = f"your answer cell raised {cell_error}" if cell_error else str(record.get("error", "no output"))
+        return f"{detail} (run on its own in a fresh Python, as grading does)"
+    outputs = record["outputs"]
+    if not isinstance(outputs, list) or len(outputs) != len(cases):
+        return "malformed result: rejected"
+    for number, (case, got) in enumerate(zip(cases, outputs), 1):
+        hint = exercises.verdict(case, got, exercises.expected_output(case, tokenizer))
+        if hint is not None:
+            return f"case {number}/{len(cases)}: {hint}"
+    return None
+
+
+def judge_notebook(answers: dict[str, str], cases: dict[str, list[dict]], sandboxed: bool) -> dict[str, str | None]:
+    """``{test grade id: None (passed) or message}`` for one notebook's answer cells and tests."""
+    from qa_lib.models import build_offline_tokenizer
+
+    tokenizer = build_offline_tokenizer()
+    verdicts = {}
+    for job in probe_jobs(answers, cases):
+        cell_errors, records = run_probe(job, sandboxed)
+        for test in job.tests:
+            verdicts[test["grade_id"]] = judge_test(test["grade_id"], test["cases"], records, cell_errors, tokenizer)
+    return verdicts
+
+
+# --- nbgrader preprocessors ------------------------------------------------------------------------------------------
+
+
+def is_test_cell(cell: NotebookNode) -> bool:
+    meta = cell.get("metadata", {}).get("nbgrader", {})
+    return cell.cell_type == "code" and bool(meta.get("grade")) and not meta.get("solution")
+
+
+def grade_id(cell: NotebookNode) -> str | None:
+    return cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
+
+
+def without_hidden_tests(source: str) -> str:
+    from .grading import BEGIN_HIDDEN, END_HIDDEN
+
+    kept, hidden = [], False
+    for line in source.split("\n"):
+        if BEGIN_HIDDEN in line:
+            hidden = True
+            kept.append(HIDDEN_PLACEHOLDER)
+        elif END_HIDDEN in line:
+            hidden = False
+        elif not hidden:
+            kept.append(line)
+    return "\n".join(kept)
+
+
+class StripHiddenTests(NbGraderPreprocessor):
+    """Sanitizing step of autograde: hidden test code never reaches the student's kernel."""
+
+    def preprocess_cell(self, cell, resources, index):
+        if is_test_cell(cell):
+            cell.source = without_hidden_tests(cell.source)
+        return cell, resources
+
+
+def cap_outputs(notebook: NotebookNode, cell_bytes: int, notebook_bytes: int) -> None:
+    """Drop outputs past ``cell_bytes`` per cell and ``notebook_bytes`` in all, with a visible note."""
+    used = 0
+    for cell in notebook.cells:
+        kept, size = [], 0
+        for output in cell.get("outputs", []):
+            weight = len(json.dumps(output, ensure_ascii=False).encode("utf-8"))
+            if size + weight > cell_bytes or used + weight > notebook_bytes:
+                note = (
+                    f"[输出被截断 (output truncated): more than {cell_bytes // 2**20} MB in a cell or "
+                    f"{notebook_bytes // 2**20} MB in the notebook]"
+                )
+                kept.append(nbformat.v4.new_output("stream", name="stdout", text=note))
+                break
+            kept.append(output)
+            size += weight
+            used += weight
+        if "outputs" in cell:
+            cell.outputs = kept
+
+
+class SandboxedExecute(Execute):
+    """nbgrader's Execute with the kernel in a sandbox, output capped in bytes and a time budget per notebook."""
+
+    notebook_seconds = Integer(600, help="Wall-clock budget for a whole notebook").tag(config=True)
+    cell_output_bytes = Integer(2**20, help="Output kept per cell").tag(config=True)
+    notebook_output_bytes = Integer(5 * 2**20, help="Output kept per notebook").tag(config=True)
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("kernel_manager_class", sandbox.SandboxedKernelManager)
+        super().__init__(**kwargs)
+
+    def preprocess(self, nb, resources=None, km=None):
+        self.deadline = time.monotonic() + self.notebook_seconds
+        nb, resources = super().preprocess(nb, resources, km=km)
+        cap_outputs(nb, self.cell_output_bytes, self.notebook_output_bytes)
+        return nb, resources
+
+    def _get_timeout(self, cell):
+        remaining = max(1, int(self.deadline - time.monotonic()))
+        timeout = super()._get_timeout(cell)
+        return remaining if timeout is None else min(timeout, remaining)
+
+
+class Judge(NbGraderPreprocessor):
+    """Autograde step after Execute: each test cell's output becomes the judge's verdict (see the module doc)."""
+
+    def preprocess(self, nb, resources):
+        from nbgrader.api import Gradebook
+
+        info = resources["nbgrader"]
+        with Gradebook(info["db_url"]) as gradebook:
+            source = {
+                cell.name: cell.source
+                for cell in gradebook.find_notebook(info["notebook"], info["assignment"]).source_cells
+            }
+        tests = {grade_id(cell): source.get(grade_id(cell), "") for cell in nb.cells if is_test_cell(cell)}
+        answers = submitted_answers(nb)
+        cases = collect_cases(source.get(HELPER_CELL, ""), tests) if tests else {}
+        sandboxed = sandbox.require_sandbox()
+        verdicts = judge_notebook(answers, cases, sandboxed) if cases else {}
+        for cell in nb.cells:
+            if is_test_cell(cell):
+                cell.outputs = verdict_outputs(verdicts.get(grade_id(cell), "not judged"))
+        return nb, resources
+
+
+def submitted_answers(nb: NotebookNode) -> dict[str, str]:
+    """The student's answer cells of the exercises, by grade id (the first cell of each id)."""
+    wanted = {exercise.answer_cell for exercise in EXERCISES.values()}
+    answers: dict[str, str] = {}
+    for cell in nb.cells:
+        name = grade_id(cell)
+        if cell.cell_type == "code" and name in wanted and name not in answers:
+            answers[name] = cell.source
+    return answers
+
+
+def verdict_outputs(message: str | None) -> list[NotebookNode]:
+    if message is None:
+        return [nbformat.v4.new_output("stream", name="stdout", text="通过 (passed)\n")]
+    return [
+        nbformat.v4.new_output(
+            "error", ename="AssertionError", evalue=message, traceback=[f"AssertionError: {message}"]
+        )
+    ]

@@ -1,0 +1,206 @@
+"""Sandboxes for student code: bubblewrap (``bwrap``) around grading kernels and the judge's probes.
+
+A sandboxed process sees the system and the Python environment read-only, the folder it works in (a scratch
+copy, thrown away afterwards) and a socket folder writable, and nothing else of the machine: no course
+directory (solutions, gradebook, other students), no home folder, no network (a private network namespace),
+its own process namespace (every process it starts dies with it), an address-space limit, and a cleaned
+environment (no instructor secrets). Kernels talk to nbgrader over ZMQ ``ipc`` sockets in the shared folder.
+
+Autograde refuses to run without bubblewrap unless ``QA_KIT_UNSANDBOXED=1`` says the instructor accepts the risk;
+students' own Validate / ``qa-kit check`` uses the sandbox only when it is there.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+from jupyter_client.manager import AsyncKernelManager
+
+UNSANDBOXED_VARIABLE = "QA_KIT_UNSANDBOXED"
+MEMORY_LIMIT_BYTES = 8 * 2**30  # address space: torch maps far more than it touches; 8 GiB still stops a runaway
+SYSTEM_FOLDERS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
+KEPT_VARIABLES = (
+    "PATH",
+    "LANG",
+    "LANGUAGE",
+    "TZ",
+    "PYTHONPATH",
+    "PYTHONHASHSEED",
+    "TOKENIZERS_PARALLELISM",
+    "HF_HUB_OFFLINE",
+    "TRANSFORMERS_OFFLINE",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "OPENBLAS_CORETYPE",
+    "OPENBLAS_L2_SIZE",
+    "NBGRADER_EXECUTION",
+)
+KEPT_PREFIXES = ("LC_",)
+INSTALL_HINT = (
+    "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap), "
+    f"or set {UNSANDBOXED_VARIABLE}=1 to grade without a sandbox (student code then runs with your "
+    "rights: it can read the solutions and write the gradebook)"
+)
+
+
+class SandboxUnavailable(RuntimeError):
+    """Grading needs bubblewrap and it is missing or does not work here."""
+
+
+@functools.cache
+def sandbox_works() -> bool:
+    """bwrap is installed and can create its namespaces on this machine (containers sometimes forbid it)."""
+    if shutil.which("bwrap") is None:
+        return False
+    probe = bwrap_command(["true"], workdir=Path("/"))
+    return subprocess.run(probe, capture_output=True, timeout=30).returncode == 0
+
+
+def unsandboxed_by_choice() -> bool:
+    return os.environ.get(UNSANDBOXED_VARIABLE) == "1"
+
+
+def require_sandbox() -> bool:
+    """True when grading must sandbox (the normal case); False when the instructor opted out.
+    Raises SandboxUnavailable when bubblewrap is needed and cannot run."""
+    if unsandboxed_by_choice():
+        return False
+    if not sandbox_works():
+        raise SandboxUnavailable(f"grading runs student code in a bubblewrap sandbox: {INSTALL_HINT}")
+    return True
+
+
+def python_folders() -> list[Path]:
+    """Where this Python and its packages live (a venv and the interpreter it was made from)."""
+    folders = {sys.prefix, sys.base_prefix, sys.exec_prefix, *sysconfig.get_paths().values()}
+    folders |= {path for path in sys.path if path and os.path.isdir(path) and not path.startswith(os.getcwd())}
+    return sorted({Path(folder).resolve() for folder in folders if folder and os.path.isdir(folder)})
+
+
+def clean_environment(extra: Mapping[str, str] = {}) -> list[str]:
+    """``--setenv`` arguments for the variables a kernel needs; everything else (tokens, database URLs) stays out."""
+    kept = {k: v for k, v in os.environ.items() if k in KEPT_VARIABLES or k.startswith(KEPT_PREFIXES)}
+    kept.update({"HOME": "/tmp/home", "MPLCONFIGDIR": "/tmp/matplotlib", "PYTHONDONTWRITEBYTECODE": "1", **extra})
+    return [arg for name, value in sorted(kept.items()) for arg in ("--setenv", name, value)]
+
+
+def bwrap_command(
+    command: Sequence[str],
+    *,
+    workdir: Path,
+    mounts: Mapping[Path, Path] = {},
+    writable: Mapping[Path, Path] = {},
+    env: Mapping[str, str] = {},
+    memory_bytes: int = MEMORY_LIMIT_BYTES,
+) -> list[str]:
+    """``command`` inside a new root holding only the system, Python, ``mounts`` (``{inside: outside}``,
+    read-only) and ``writable`` (``{inside: outside}``) folders; ``workdir`` is where it starts."""
+    args = ["bwrap", "--die-with-parent", "--new-session", "--unshare-all", "--clearenv"]
+    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--dir", "/tmp/home"]
+    for folder in SYSTEM_FOLDERS:
+        if os.path.islink(folder):
+            args += ["--symlink", os.readlink(folder), folder]
+        elif os.path.isdir(folder):
+            args += ["--ro-bind", folder, folder]
+    for folder in python_folders():
+        args += ["--ro-bind", str(folder), str(folder)]
+    for inside, outside in mounts.items():
+        args += ["--ro-bind", str(outside), str(inside)]
+    for inside, outside in writable.items():
+        args += ["--bind", str(outside), str(inside)]
+    args += clean_environment(env) + ["--chdir", str(workdir)]
+    return [*args, "--", "prlimit", f"--as={memory_bytes}", "--", *command]
+
+
+def scratch_copy(folder: Path, into: Path) -> Path:
+    """A copy of the files a notebook sits next to (data files, not other notebooks' outputs)."""
+    shutil.copytree(folder, into, ignore=shutil.ignore_patterns("*.ipynb", ".ipynb_checkpoints"), dirs_exist_ok=True)
+    return into
+
+
+def kit_package() -> dict[Path, Path]:
+    """The kit's own package, read-only (an editable install points into the course repository, which is hidden)."""
+    import qa_lib
+
+    package = Path(qa_lib.__file__).resolve().parent
+    return {package: package}
+
+
+# --- Kernels -----------------------------------------------------------------------------------------------------
+
+
+class SandboxedKernelManager(AsyncKernelManager):
+    """A kernel in a bubblewrap sandbox, connected over ipc sockets in a private folder.
+
+    Used for nbgrader's Execute (autograde and validate). Without bubblewrap: autograde refuses (see
+    :func:`require_sandbox`), validate runs the kernel as usual."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.private = Path(tempfile.mkdtemp(prefix="qa-kit-kernel-"))
+        self.transport = "ipc"
+        self.ip = str(self.private / "kernel")
+        self.connection_file = str(self.private / "connection.json")
+
+    def sandboxed(self) -> bool:
+        if os.environ.get("NBGRADER_EXECUTION") == "autograde":
+            return require_sandbox()
+        return sandbox_works() and not unsandboxed_by_choice()
+
+    async def _async_pre_start_kernel(self, **kw):
+        command, kw = await super()._async_pre_start_kernel(**kw)
+        if not self.sandboxed():
+            return command, kw
+        workdir = Path(kw.get("cwd") or os.getcwd()).resolve()
+        scratch = scratch_copy(workdir, self.private / "scratch")
+        writable = {self.private: self.private, workdir: scratch}  # the scratch copy sits at the notebook's path
+        return bwrap_command(command, workdir=workdir, mounts=kit_package(), writable=writable), kw
+
+    async def _async_cleanup_resources(self, restart: bool = False) -> None:
+        await super()._async_cleanup_resources(restart=restart)
+        if not restart:
+            shutil.rmtree(self.private, ignore_errors=True)
+
+
+# --- A library without the answers ---------------------------------------------------------------------------------
+
+
+def stub_functions(source: str, names: set[str], message: str) -> str:
+    """``source`` with the bodies of the named top-level functions replaced by ``raise RuntimeError(message)``."""
+    tree = ast.parse(source)
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name in names:
+            node.body = [ast.parse(f"raise RuntimeError({message.format(name=node.name)!r})").body[0]]
+    return ast.unparse(tree)
+
+
+def library_without(references: Iterable[str], into: Path) -> Path:
+    """A copy of ``qa_lib`` in ``into`` whose ``references`` ("module.function") are stubs, with none of the course
+    tooling but the probe: mounted over the real package, it leaves no way to call or read the reference code."""
+    import qa_lib
+
+    package = Path(qa_lib.__file__).resolve().parent
+    target = into / "qa_lib"
+    shutil.copytree(package, target, ignore=shutil.ignore_patterns("__pycache__", "course"))
+    (target / "course").mkdir()
+    for name in ("__init__.py", "probe.py"):
+        shutil.copy(package / "course" / name, target / "course" / name)
+    by_module: dict[str, set[str]] = {}
+    for dotted in references:
+        module, name = dotted.rsplit(".", 1)
+        by_module.setdefault(module, set()).add(name)
+    message = "qa_lib's {name}() is the reference solution of an exercise: it is not available while grading"
+    for module, names in by_module.items():
+        path = target / f"{module}.py"
+        path.write_text(stub_functions(path.read_text(encoding="utf-8"), names, message), encoding="utf-8")
+    return target
