@@ -359,12 +359,26 @@ def test_buggy_submission_loses_points_only_on_its_exercises(graded, student):
         assert by_exercise["e2"][0] == 0, "calling the library's reference earns no points"
 
 
+@pytest.mark.parametrize("student", ["end_off_by_one+argmax_dim0", "window_end+independent_argmax+char_masking"])
+def test_qa_kit_check_gives_the_verdicts_of_grading(graded, student, tmp_path):
+    course, _ = graded
+    name, _, edits = BUGGY[student]
+    path = tmp_path / f"{name}.ipynb"
+    nbformat.write(edited(name, *edits), path)
+    report, _ = check_notebook(path)
+    in_kernel = {error.grade_id for error in report.failed_tests if error.grade_id.endswith("_visible")}
+    grades = course.grades(student)[name]
+    judged = {grade_id for grade_id, grade in grades.items() if grade_id.endswith("_visible") and grade.score == 0}
+    assert in_kernel == judged and judged
+
+
 def test_feedback_shows_no_hidden_test_source(graded):
     course, _ = graded
     student = "end_off_by_one+argmax_dim0"
-    autograded = nbformat.read(course.folder("autograded", student) / f"{NB1}.ipynb", as_version=4)
-    secrets = hidden_lines(autograded)
-    assert len(secrets) > 10, "autograding restores the hidden tests; the check below must have something to find"
+    secrets = hidden_lines(solution(NB1))
+    assert len(secrets) > 5, "the check below must have something to find"
+    autograded = nbformat.writes(nbformat.read(course.folder("autograded", student) / f"{NB1}.ipynb", as_version=4))
+    assert not [line for line in secrets if line in autograded], "hidden tests reached the student's kernel"
     page = visible_text(course.feedback(student)[NB1])
     assert "to_token_positions" in page and "公开测试 E2" in page  # the visible tests are there
     leaked = [line for line in secrets if line in page]

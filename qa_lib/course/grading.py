@@ -41,6 +41,8 @@ ASSIGNMENT = "bert_qa"
 EXECUTION_VARIABLE = "NBGRADER_EXECUTION"  # nbgrader sets it to "autograde" or "validate" in the kernel's env
 BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
 HIDDEN_FEEDBACK = "隐藏测试 (hidden test): {verdict}"
+# What the judge leaves of a hidden-test region in the notebook the student's kernel runs.
+HIDDEN_PLACEHOLDER = "# 隐藏测试：评分时在你的内核之外运行 (hidden tests run outside your kernel while grading)"
 KERNEL_NAME = "python3"
 # One notebook autogrades in well under a minute; a cell that runs this long is stuck.
 CHECK_CELL_TIMEOUT = 300
@@ -264,7 +266,7 @@ class HideHiddenTests(Preprocessor):
         if cell.cell_type != "code":
             return cell, resources
         cell.source, removed = _hidden_regions_removed(cell.source)
-        if removed:
+        if removed or HIDDEN_PLACEHOLDER in cell.source:
             error = cell_error(cell)
             verdict = "通过 (passed)" if error is None else f"未通过 (failed): {error}"
             summary = HIDDEN_FEEDBACK.format(verdict=verdict)
@@ -308,19 +310,22 @@ class GradingError(RuntimeError):
 class Course:
     """An nbgrader course directory (a temporary one in tests and in the demo) for the ``bert_qa`` assignment."""
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, overrides: dict[str, dict] | None = None):
+        """``overrides``: configuration on top of the kit's, e.g. ``{"Execute": {"timeout": 20}}``."""
         from nbgrader.apps import NbGraderAPI
         from nbgrader.coursedir import CourseDirectory
 
         self.root = Path(root)
         config = course_config(self.root)
+        for section, values in (overrides or {}).items():
+            config[section].update(values)
         self.api = NbGraderAPI(CourseDirectory(config=config), config=config)
 
     @classmethod
-    def from_kit_solutions(cls, root: str | os.PathLike) -> Course:
+    def from_kit_solutions(cls, root: str | os.PathLike, overrides: dict[str, dict] | None = None) -> Course:
         """A course in ``root`` whose source notebooks are a copy of the kit's ``solutions/bert_qa``."""
         shutil.copytree(kit_root() / "solutions" / ASSIGNMENT, Path(root) / "solutions" / ASSIGNMENT)
-        return cls(root)
+        return cls(root, overrides)
 
     def folder(self, kind: str, student: str | None = None) -> Path:
         """``<root>/<kind>[/<student>]/bert_qa``, kind being solutions, notebooks, submitted, autograded, feedback."""

@@ -31,6 +31,7 @@ from functools import cache
 from pathlib import Path
 
 import nbformat
+from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbformat import NotebookNode
 from nbgrader.preprocessors import Execute, NbGraderPreprocessor
 from traitlets import Integer
@@ -39,7 +40,6 @@ from . import exercises, sandbox
 from .exercises import EXERCISES
 
 JUDGED_OUTSIDE = "评分时由评分程序在内核之外判定 (judged outside the kernel while grading)"
-HIDDEN_PLACEHOLDER = "# 隐藏测试：评分时在你的内核之外运行 (hidden tests run outside your kernel while grading)"
 HELPER_CELL = "test_helpers"
 PROBE_SECONDS = 240  # one sandboxed probe: every test of a notebook; a stuck one loses only unfinished tests
 RESULTS_LIMIT_BYTES = 20 * 2**20
@@ -110,13 +110,14 @@ def tokenizer_folder() -> Path:
     return folder
 
 
-def run_probe(job: ProbeJob, sandboxed: bool) -> tuple[dict[str, str], list[dict]]:
+def run_probe(job: ProbeJob, sandboxed: bool, seconds: int) -> tuple[dict[str, str], list[dict]]:
     """Execute a probe; returns the answer cells' errors and the test records it wrote (unparsed lines dropped)."""
     import qa_lib
 
     with tempfile.TemporaryDirectory(prefix="qa-kit-probe-") as scratch:
         scratch = Path(scratch)
-        payload = {"cells": job.cells, "tests": job.tests, "stand_ins": job.stand_ins, "tokenizer": "/judge/tokenizer"}
+        payload = {"cells": job.cells, "tests": job.tests, "stand_ins": job.stand_ins, "tokenizer": "/judge/tokenizer",
+                   "seconds": seconds}
         (scratch / "job.json").write_text(json.dumps(payload, ensure_ascii=False), encoding="utf-8")
         command = [sys.executable, "-m", "qa_lib.course.probe", str(scratch / "job.json"), str(scratch / "results")]
         if sandboxed:
@@ -187,14 +188,16 @@ def judge_test(
     return None
 
 
-def judge_notebook(answers: dict[str, str], cases: dict[str, list[dict]], sandboxed: bool) -> dict[str, str | None]:
+def judge_notebook(
+    answers: dict[str, str], cases: dict[str, list[dict]], sandboxed: bool, seconds: int = 30
+) -> dict[str, str | None]:
     """``{test grade id: None (passed) or message}`` for one notebook's answer cells and tests."""
     from qa_lib.models import build_offline_tokenizer
 
     tokenizer = build_offline_tokenizer()
     verdicts = {}
     for job in probe_jobs(answers, cases):
-        cell_errors, records = run_probe(job, sandboxed)
+        cell_errors, records = run_probe(job, sandboxed, seconds)
         for test in job.tests:
             verdicts[test["grade_id"]] = judge_test(test["grade_id"], test["cases"], records, cell_errors, tokenizer)
     return verdicts
@@ -213,7 +216,7 @@ def grade_id(cell: NotebookNode) -> str | None:
 
 
 def without_hidden_tests(source: str) -> str:
-    from .grading import BEGIN_HIDDEN, END_HIDDEN
+    from .grading import BEGIN_HIDDEN, END_HIDDEN, HIDDEN_PLACEHOLDER
 
     kept, hidden = [], False
     for line in source.split("\n"):
@@ -270,7 +273,12 @@ class SandboxedExecute(Execute):
 
     def preprocess(self, nb, resources=None, km=None):
         self.deadline = time.monotonic() + self.notebook_seconds
-        nb, resources = super().preprocess(nb, resources, km=km)
+        try:
+            nb, resources = super().preprocess(nb, resources, km=km)
+        except (DeadKernelError, CellTimeoutError) as error:
+            # The student's code killed or wedged its kernel: the cells run so far keep their outputs, the rest
+            # stay empty, and the judge grades the answer cells all the same.
+            self.log.warning("kernel stopped early (%s): %s", type(error).__name__, str(error).split("\n")[0])
         cap_outputs(nb, self.cell_output_bytes, self.notebook_output_bytes)
         return nb, resources
 
@@ -282,6 +290,8 @@ class SandboxedExecute(Execute):
 
 class Judge(NbGraderPreprocessor):
     """Autograde step after Execute: each test cell's output becomes the judge's verdict (see the module doc)."""
+
+    seconds = Integer(30, help="Time limit for each answer cell and each test's cases in the probe").tag(config=True)
 
     def preprocess(self, nb, resources):
         from nbgrader.api import Gradebook
@@ -296,7 +306,7 @@ class Judge(NbGraderPreprocessor):
         answers = submitted_answers(nb)
         cases = collect_cases(source.get(HELPER_CELL, ""), tests) if tests else {}
         sandboxed = sandbox.require_sandbox()
-        verdicts = judge_notebook(answers, cases, sandboxed) if cases else {}
+        verdicts = judge_notebook(answers, cases, sandboxed, self.seconds) if cases else {}
         for cell in nb.cells:
             if is_test_cell(cell):
                 cell.outputs = verdict_outputs(verdicts.get(grade_id(cell), "not judged"))

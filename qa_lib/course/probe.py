@@ -22,7 +22,6 @@ from collections.abc import Callable
 import torch
 from transformers.modeling_outputs import QuestionAnsweringModelOutput
 
-CASE_SECONDS = 60  # one test's calls; a student function stuck in a loop fails that test, not the others
 PRELUDE = "import importlib, json, math, os, subprocess, sys\nfrom pathlib import Path\n\nimport torch\n"
 
 
@@ -243,37 +242,49 @@ def error_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"[:500]
 
 
-def run_answer_cells(cells: list[dict], namespace: dict) -> dict[str, str]:
+class time_limit:
+    """SIGALRM after ``seconds``: code stuck in a loop fails its own cell or test, not the others."""
+
+    def __init__(self, seconds: int):
+        self.seconds = seconds
+
+    def _expired(self, signum, frame):
+        raise TimeoutError(f"no result within {self.seconds} s")
+
+    def __enter__(self):
+        signal.signal(signal.SIGALRM, self._expired)
+        signal.alarm(self.seconds)
+
+    def __exit__(self, *exc_info):
+        signal.alarm(0)
+
+
+def run_answer_cells(cells: list[dict], namespace: dict, seconds: int) -> dict[str, str]:
     """Execute the answer cells in order, each on its own; returns ``{grade id: error}`` for cells that raised."""
     from IPython.core.inputtransformer2 import TransformerManager
 
     errors = {}
     for cell in cells:
         try:
-            exec(compile(TransformerManager().transform_cell(cell["source"]), cell["grade_id"], "exec"), namespace)
+            code = compile(TransformerManager().transform_cell(cell["source"]), cell["grade_id"], "exec")
+            with time_limit(seconds):
+                exec(code, namespace)
         except BaseException as error:  # noqa: BLE001 (SystemExit too: a cell must not end the probe)
             errors[cell["grade_id"]] = error_line(error)
     return errors
 
 
-def _timeout(signum, frame):
-    raise TimeoutError(f"no result within {CASE_SECONDS} s")
-
-
-def run_test(test: dict, namespace: dict, tokenizer) -> dict:
+def run_test(test: dict, namespace: dict, tokenizer, seconds: int) -> dict:
     outputs = []
-    signal.signal(signal.SIGALRM, _timeout)
-    signal.alarm(CASE_SECONDS)
     try:
         for case in test["cases"]:
             function = namespace.get(case["function"])
             if not callable(function):
                 return {"grade_id": test["grade_id"], "error": f"NameError: {case['function']} is not defined"}
-            outputs.append(run_case(function, case, tokenizer))
+            with time_limit(seconds):
+                outputs.append(run_case(function, case, tokenizer))
     except BaseException as error:  # noqa: BLE001 (the student's code may raise anything, SystemExit included)
         return {"grade_id": test["grade_id"], "error": error_line(error), "trace": traceback.format_exc()[-2000:]}
-    finally:
-        signal.alarm(0)
     return {"grade_id": test["grade_id"], "outputs": outputs}
 
 
@@ -286,12 +297,12 @@ def main(job_path: str, results_path: str) -> None:
     namespace = {"__name__": "__main__"}
     exec(PRELUDE, namespace)
     namespace.update(stand_ins(job["stand_ins"]))
-    cell_errors = run_answer_cells(job["cells"], namespace)
+    cell_errors = run_answer_cells(job["cells"], namespace, job["seconds"])
     with open(results_path, "w", encoding="utf-8") as results:
         results.write(json.dumps({"cell_errors": cell_errors}) + "\n")
         results.flush()
         for test in job["tests"]:
-            results.write(json.dumps(run_test(test, namespace, tokenizer)) + "\n")
+            results.write(json.dumps(run_test(test, namespace, tokenizer, job["seconds"])) + "\n")
             results.flush()
 
 

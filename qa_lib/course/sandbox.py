@@ -16,6 +16,7 @@ import ast
 import functools
 import os
 import shutil
+import site
 import subprocess
 import sys
 import sysconfig
@@ -82,8 +83,7 @@ def require_sandbox() -> bool:
 
 def python_folders() -> list[Path]:
     """Where this Python and its packages live (a venv and the interpreter it was made from)."""
-    folders = {sys.prefix, sys.base_prefix, sys.exec_prefix, *sysconfig.get_paths().values()}
-    folders |= {path for path in sys.path if path and os.path.isdir(path) and not path.startswith(os.getcwd())}
+    folders = {sys.prefix, sys.base_prefix, sys.exec_prefix, *sysconfig.get_paths().values(), *site.getsitepackages()}
     return sorted({Path(folder).resolve() for folder in folders if folder and os.path.isdir(folder)})
 
 
@@ -166,8 +166,13 @@ class SandboxedKernelManager(AsyncKernelManager):
         writable = {self.private: self.private, workdir: scratch}  # the scratch copy sits at the notebook's path
         return bwrap_command(command, workdir=workdir, mounts=kit_package(), writable=writable), kw
 
-    async def _async_cleanup_resources(self, restart: bool = False) -> None:
-        await super()._async_cleanup_resources(restart=restart)
+    async def interrupt_kernel(self) -> None:
+        """Over the control channel: a SIGINT to bwrap would not reach a kernel in its own session."""
+        self._connect_control_socket()
+        self.session.send(self._control_socket, self.session.msg("interrupt_request", content={}))
+
+    async def cleanup_resources(self, restart: bool = False) -> None:
+        await super().cleanup_resources(restart=restart)
         if not restart:
             shutil.rmtree(self.private, ignore_errors=True)
 

@@ -1,0 +1,138 @@
+"""The judge's parts, without nbgrader: cases from the instructor's cells, probes in the sandbox, verdicts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_notebooks import NB1, NB2, solution
+
+from qa_lib.course import exercises, judge, probe, sandbox
+from qa_lib.course.grading import BEGIN_HIDDEN, HIDDEN_PLACEHOLDER
+from qa_lib.models import build_offline_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def sources(name: str) -> dict[str, str]:
+    return {c.metadata["nbgrader"]["grade_id"]: c.source for c in solution(name).cells if "nbgrader" in c.metadata}
+
+
+def cases_of(name: str) -> dict[str, list[dict]]:
+    cells = sources(name)
+    tests = {grade_id: source for grade_id, source in cells.items() if "_visible" in grade_id or "_hidden" in grade_id}
+    return judge.collect_cases(cells["test_helpers"], tests)
+
+
+def answers(name: str) -> dict[str, str]:
+    cells = solution(name).cells
+    return {
+        c.metadata["nbgrader"]["grade_id"]: c.source
+        for c in cells
+        if c.metadata.get("nbgrader", {}).get("solution") and c.cell_type == "code"
+    }
+
+
+@pytest.mark.parametrize("name", [NB1, NB2])
+def test_every_test_cell_yields_cases_that_name_their_function(name):
+    cases = cases_of(name)
+    assert len(cases) >= 12
+    for grade_id, test in cases.items():
+        assert test, f"{grade_id} recorded no case"
+        owner = exercises.exercise_of(grade_id)
+        assert all(case["function"] in owner.functions for case in test), grade_id
+
+
+def test_plain_data_rejects_objects_that_pretend():
+    class AlwaysEqual(int):
+        def __eq__(self, other):
+            return True
+
+    class Tensorish(torch.Tensor):
+        pass
+
+    assert probe.plain(AlwaysEqual(3)) == {
+        "unsupported": f"{__name__}.test_plain_data_rejects_objects_that_pretend.<locals>.AlwaysEqual"
+    }
+    assert "unsupported" in probe.plain(torch.ones(2).as_subclass(Tensorish))
+    assert probe.plain((torch.tensor([1, 2]), 3.5, "a", None)) == [[1, 2], 3.5, "a", None]
+    case = {"function": "span_accuracy", "pred": [1], "gold": [1]}
+    assert "type x.Y" in exercises.verdict(case, {"unsupported": "x.Y"}, {"type": "builtins.float", "value": 1.0})
+
+
+def test_whitespace_answers_accept_cls_or_the_stripped_word():
+    tokenizer = build_offline_tokenizer()
+    case = {
+        "function": "to_token_positions",
+        "questions": ["谁？"],
+        "contexts": ["他叫 小明。"],
+        "max_length": 32,
+        "start_chars": [2],
+        "end_chars": [5],
+    }  # " 小明"
+    want = exercises.expected_output(case, tokenizer)
+    first = len(tokenizer.tokenize("谁？")) + 2
+    for starts, ends in ([0], [0]), ([first + 2], [first + 3]):
+        got = {"starts": starts, "ends": ends, "dtypes": ["torch.int64"] * 2}
+        assert exercises.verdict(case, got, want) is None
+    wrong = {"starts": [first + 1], "ends": [first + 3], "dtypes": ["torch.int64"] * 2}
+    assert exercises.verdict(case, wrong, want) is not None
+
+
+def test_probe_jobs_grade_e5_and_e8_without_the_exercise_they_call():
+    jobs = judge.probe_jobs(answers(NB2), cases_of(NB2))
+    alone, together = jobs
+    assert {test["grade_id"][:2] for test in together.tests} == {"e8"}
+    assert together.stand_ins == ["best_span"]
+    assert "e7_best_span" not in {cell["grade_id"] for cell in together.cells}
+    assert "decoding.best_spans" not in together.references_stubbed
+    assert "decoding.best_spans" in alone.references_stubbed and not alone.stand_ins
+
+
+def test_library_copy_has_stubs_and_no_course_tooling(tmp_path):
+    library = sandbox.library_without(["features.char_to_token_positions"], tmp_path)
+    features = (library / "features.py").read_text(encoding="utf-8")
+    assert "reference solution of an exercise" in features and "def encode_windows" in features
+    assert "encodings.char_to_token" not in features
+    assert sorted(p.name for p in (library / "course").iterdir()) == ["__init__.py", "probe.py"]
+
+
+def test_hidden_regions_become_a_placeholder():
+    source = f"# 隐藏测试\n{BEGIN_HIDDEN}\nsecret = 1\n### END HIDDEN TESTS\nafter = 2"
+    assert judge.without_hidden_tests(source) == f"# 隐藏测试\n{HIDDEN_PLACEHOLDER}\nafter = 2"
+
+
+@pytest.mark.parametrize("sandboxed", [True, False])
+def test_solution_answers_pass_and_a_bug_fails_with_a_hint(sandboxed):
+    cases = cases_of(NB1)
+    verdicts = judge.judge_notebook(answers(NB1), cases, sandboxed)
+    assert verdicts == {grade_id: None for grade_id in cases}
+    buggy = answers(NB1)
+    buggy["e2_to_token_positions"] = buggy["e2_to_token_positions"].replace("end_char - 1,", "end_char,")
+    verdicts = judge.judge_notebook(buggy, cases, sandboxed)
+    assert "end_char - 1" in verdicts["e2_positions_visible"]
+    assert {grade_id for grade_id, message in verdicts.items() if message} <= {g for g in cases if g.startswith("e2")}
+
+
+def test_the_sandbox_hides_the_course_and_the_network(tmp_path):
+    script = (
+        "import os, socket\n"
+        f"print(os.path.exists({str(ROOT / 'solutions')!r}), os.path.exists('/work/shared'), "
+        "os.path.exists(os.path.expanduser('~/.ssh')))\n"
+        "try:\n    socket.create_connection(('1.1.1.1', 53), timeout=2)\nexcept OSError as e:\n    print('offline')\n"
+    )
+    command = sandbox.bwrap_command([sys.executable, "-c", script], workdir=tmp_path, writable={tmp_path: tmp_path})
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.stdout.split() == ["False", "False", "False", "offline"], result.stderr
+
+
+def test_autograde_refuses_without_bubblewrap_unless_opted_out(monkeypatch):
+    monkeypatch.setattr(sandbox, "sandbox_works", lambda: False)
+    monkeypatch.delenv(sandbox.UNSANDBOXED_VARIABLE, raising=False)
+    with pytest.raises(sandbox.SandboxUnavailable, match="apt-get install bubblewrap"):
+        sandbox.require_sandbox()
+    monkeypatch.setenv(sandbox.UNSANDBOXED_VARIABLE, "1")
+    assert sandbox.require_sandbox() is False
