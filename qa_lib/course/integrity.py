@@ -23,6 +23,7 @@ from __future__ import annotations
 import ast
 import builtins
 import csv
+import functools
 import html
 import importlib.util
 import io
@@ -80,7 +81,10 @@ SUSPICIOUS_NAMES: dict[str, str | None] = {
     **{name: "network" for name in ("socket", "http", "urllib", "requests", "ssl", "ftplib", "asyncio")},
     **{name: "process" for name in ("subprocess", "multiprocessing", "signal", "threading", "_thread", "pty")},
     **{name: "process" for name in ("concurrent", "atexit", "faulthandler", "resource", "exit", "quit")},
-    **{name: "process" for name in ("input", "breakpoint", "time.sleep")},
+    **{name: "process" for name in ("input", "breakpoint", "time.sleep", "os._exit", "os.fork", "os.system")},
+    **{name: "process" for name in ("os.kill", "os.killpg", "os.popen", "os.environ", "os.setsid", "os.putenv")},
+    **{name: "process" for name in ("os.execv", "os.execve", "os.execl", "os.spawnv", "os.posix_spawn")},
+    **{name: "output tampering" for name in ("sys.stdout", "sys.stderr", "sys.__stdout__", "sys.__stderr__")},
     **{name: "obfuscation" for name in ("exec", "eval", "compile", "__import__", "marshal", "base64", "zlib")},
     **{name: "obfuscation" for name in ("codecs", "bz2", "lzma", "gzip", "binascii", "zipfile", "bytes.fromhex")},
     **{name: "namespace tampering" for name in ("globals", "locals", "vars", "setattr", "delattr")},
@@ -243,6 +247,7 @@ class NotebookContext:
     release: NotebookNode | None  # the student notebook (notebooks/), when there is one
     namespace: dict[str, str]  # names the locked cells import: {name: dotted path}
     protected: set[str]  # names the locked cells read from the namespace, minus the exercises' own
+    _checksums: dict[str, set[str]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_notebooks(cls, name: str, source: NotebookNode, release: NotebookNode | None) -> NotebookContext:
@@ -264,6 +269,18 @@ class NotebookContext:
         if released is not None:
             return released.source
         return SOLUTION_REGION.sub("", self.cells(self.source)[cell_id].source)
+
+    def locked_versions(self, cell_id: str) -> list[NotebookNode]:
+        """The instructor's and the release's version of a cell (the release hides the hidden tests)."""
+        return [c for c in (self.cells(self.source)[cell_id], self.cells(self.release).get(cell_id)) if c]
+
+    def checksums(self, cell_id: str) -> set[str]:
+        """The nbgrader checksums a locked cell may have: recomputed from each version, and as the release stored it."""
+        if cell_id not in self._checksums:
+            versions = self.locked_versions(cell_id)
+            stored = {c.metadata["nbgrader"].get("checksum") for c in versions}
+            self._checksums[cell_id] = ({checksum(c) for c in versions} | stored) - {None}
+        return self._checksums[cell_id]
 
     def solution_code(self, cell_id: str) -> str:
         return "".join(SOLUTION_REGION.findall(self.cells(self.source)[cell_id].source))
@@ -432,10 +449,10 @@ def rebinding_findings(tree: ast.Module, context: NotebookContext) -> list[tuple
     cells import under the same name (``import torch``) is harmless."""
     found = []
     for name, _ in module_level_bindings(tree):
-        if name in context.protected:
-            found.append(("test name rebound", f"binds `{name}`, which the locked test cells read"))
-        elif hasattr(builtins, name):
+        if hasattr(builtins, name):
             found.append(("builtin rebound", f"binds `{name}`, a Python builtin"))
+        elif name in context.protected:
+            found.append(("test name rebound", f"binds `{name}`, which the locked test cells read"))
     for name, path in import_bindings_at_top(tree).items():
         if (name in context.protected or hasattr(builtins, name)) and context.namespace.get(name) != path:
             found.append(("test name rebound", f"imports {path} as `{name}`, which the locked test cells read"))
@@ -472,10 +489,8 @@ def checksum(cell: NotebookNode) -> str | None:
 
 def locked_cell_change(cell: NotebookNode, context: NotebookContext) -> str | None:
     """Why a locked cell differs from the instructor's and the release's version, None when it does not."""
-    cell_id = grade_id(cell)
-    versions = [c for c in (context.cells(context.source)[cell_id], context.cells(context.release).get(cell_id)) if c]
-    expected = {checksum(c) for c in versions} | {c.metadata["nbgrader"].get("checksum") for c in versions}
-    if checksum(cell) in expected - {None}:
+    versions = context.locked_versions(grade_id(cell))
+    if checksum(cell) in context.checksums(grade_id(cell)):
         return None
     if all(cell.source != c.source for c in versions):
         return "its source differs from the release (nbgrader checksum mismatch)"
@@ -528,13 +543,17 @@ def editable_code_cells(submitted: NotebookNode, context: NotebookContext) -> It
 
 # --- Copies ------------------------------------------------------------------------------------------------------
 
-# copydetect fingerprints the filtered text (names -> V/F/O, strings -> S, comments and whitespace dropped):
-# K characters of it per k-gram, one hash kept per WINDOW consecutive k-grams. The exercises' answers are short
-# (a few lines), so K is far below copydetect's default of 25; calibrated in tests/test_integrity.py.
-K, WINDOW = 12, 4
-MIN_FILTERED = 60  # answers shorter than this (E3, E4: one line each) look alike when written independently
-SOLUTION_THRESHOLD = 0.75  # similarity to the instructor solution or the reference implementation
-PAIR_THRESHOLD = 0.75  # similarity between two students' answers
+# copydetect fingerprints the filtered text (names -> V/F/O, strings -> S, comments and whitespace dropped) by
+# its K-character k-grams. Calibrated in tests/test_integrity.py on the solution notebooks, the reference
+# implementations and independently written answers (tests/honest_answers.py) against the same code with
+# every local name renamed and the layout rewritten (ast.unparse): with K = 20 honest pairs score at most 0.48,
+# disguised copies at least 0.81 (K = 12: 0.67 vs 0.81; K = 25, copydetect's default: 0.39 vs 0.66).
+# WINDOW = 1 keeps every k-gram: winnowing exists to shrink large corpora, and with a wider window the selected
+# k-grams depend on Python's per-process string hashes, so a score would change from one run to the next.
+K, WINDOW = 20, 1
+MIN_FILTERED = 60  # shorter answers (E3, E4: one line each) are written alike by everyone: no copy check
+SOLUTION_THRESHOLD = 0.65  # similarity to the instructor solution or to the reference implementation
+PAIR_THRESHOLD = 0.65  # similarity between two students' answers to the same exercise
 MARKERS = ("### BEGIN SOLUTION", "### END SOLUTION", "### START CODE HERE ###", "### END CODE HERE ###")
 
 
@@ -544,6 +563,7 @@ def own_code(source: str, given: str) -> str:
     return "\n".join(line for line in source.split("\n") if line.strip() not in given_lines).strip("\n")
 
 
+@functools.cache  # the solution's and the references' fingerprints are compared with every student's
 def fingerprint(code: str):
     """copydetect's fingerprint of a piece of Python, None when it is too short to tell copies from coincidence."""
     from copydetect import CodeFingerprint
@@ -576,6 +596,7 @@ def reference_source(dotted: str) -> str:
     raise LookupError(f"{dotted}: no such function")
 
 
+@functools.cache
 def reference_code(cell_id: str) -> str:
     return "\n\n".join(reference_source(name) for name in REFERENCES.get(cell_id, ()))
 
@@ -730,9 +751,11 @@ def scan_course(course_root: str | Path = ".", assignment: str = ASSIGNMENT) -> 
             continue
         read += 1
         findings += scan_notebook(student, name, submitted, by_name[name])
-        mine = submitted_answers(student, name, submitted, by_name[name])
-        findings += [f for answer in mine for f in copy_of_kit(answer, by_name[name])]
-        answers += mine
+        for answer in submitted_answers(student, name, submitted, by_name[name]):
+            from_kit = copy_of_kit(answer, by_name[name])
+            findings += from_kit
+            # Answers copied from the kit share their source: naming it once beats a row for every pair of them.
+            answers += [] if from_kit else [answer]
     findings += copies_between(answers)
     findings.sort(key=lambda f: (f.student, f.notebook, f.cell, f.reason))
     return IntegrityReport(findings, sorted(students), read)
@@ -744,16 +767,18 @@ COLUMNS = ("student", "notebook", "cell", "reason", "detail", "similarity", "oth
 
 
 def table_lines(report: IntegrityReport) -> list[str]:
-    """The findings as a fixed-width table, with a one-line summary first."""
+    """The findings as a table whose columns fit their longest entry, with a one-line summary first."""
     flagged = sorted({f.student for f in report.findings})
     lines = [
         f"integrity: {len(report.findings)} findings for {len(flagged)} of {len(report.students)} students "
         f"({report.notebooks} notebooks read)"
     ]
-    if report.findings:
-        lines.append(f"{'student':<28}{'notebook':<20}{'cell':<36}{'reason':<34}detail")
-    lines += [f"{f.student:<28}{f.notebook:<20}{f.cell:<36}{f.reason:<34}{f.detail}" for f in report.findings]
-    return lines
+    if not report.findings:
+        return lines
+    table = [("student", "notebook", "cell", "reason", "detail")]
+    table += [(f.student, f.notebook, f.cell, f.reason, f.detail) for f in report.findings]
+    widths = [max(len(row[column]) for row in table) + 2 for column in range(4)]
+    return lines + ["".join(v.ljust(w) for v, w in zip(row, widths)) + row[4] for row in table]
 
 
 def write_csv(report: IntegrityReport, path: str | Path) -> None:
