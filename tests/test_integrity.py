@@ -155,6 +155,7 @@ ATTACKS = {
         "file system",
     ),
     "shell_magic": ("!cat ../../../solutions/bert_qa/01_finetune_qa.ipynb\n", "return None, None", "kernel tampering"),
+    "line_magic": ("%load ../../../solutions/bert_qa/01_finetune_qa.ipynb\n", "return None, None", "kernel tampering"),
     "computed_getattr": (
         "",
         'found = getattr(qa_lib.features, "char_to" + "_token_positions")\n'
@@ -277,6 +278,14 @@ STRUCTURE = {
 HONEST_STUDENTS = [f"honest_{variant}" for variant in range(3)]
 
 
+def added_cell() -> nbformat.NotebookNode:
+    """A solved notebook with a cell of the student's own (no nbgrader metadata) after the E2 answer."""
+    notebook = solved(NB1)
+    position = notebook.cells.index(cell(notebook, E2)) + 1
+    notebook.cells.insert(position, nbformat.v4.new_code_cell('import sqlite3\n\nsqlite3.connect("gradebook.db")'))
+    return notebook
+
+
 def structure_attack(edit) -> nbformat.NotebookNode:
     notebook = solved(NB1)
     edit(notebook)
@@ -306,6 +315,7 @@ def course(tmp_path_factory):
         **{student: {NB1: honest(NB1, v), NB2: honest(NB2, v)} for v, student in enumerate(HONEST_STUDENTS)},
         **{student: {NB1: attack(prefix, body)} for student, (prefix, body, _) in ATTACKS.items()},
         **{student: {NB1: structure_attack(edit)} for student, (edit, _, _) in STRUCTURE.items()},
+        "adds_cell": {NB1: added_cell()},
         # Copies (the other answer cells left blank): the E7 solution disguised; the reference of E2 disguised;
         # honest_0's E9 disguised by a classmate.
         "copies_solution": {NB2: with_answer(release(NB2), "e7_best_span", renamed(solution_e7()))},
@@ -349,6 +359,21 @@ def test_each_structure_edit_is_reported(course, student):
     _, cell_id, reason = STRUCTURE[student]
     found = [(f.cell, f.reason) for f in rows(report, student) if f.reason in STRUCTURE_REASONS]
     assert found == [(cell_id, reason)]
+
+
+def test_a_cell_the_student_added_is_scanned_too(course):
+    root, report = course
+    notebook = nbformat.read(root / "submitted" / "adds_cell" / "bert_qa" / f"{NB1}.ipynb", as_version=4)
+    added = next(i for i, c in enumerate(notebook.cells) if "sqlite3" in c.source)
+    alarms = [(f.cell, f.reason) for f in rows(report, "adds_cell") if not f.is_copy]
+    assert alarms == [(f"cell {added}", "database")]
+
+
+def test_integrity_lines_for_the_grading_demo(course):
+    root, report = course
+    lines = integrity.integrity_lines(root)
+    assert lines[2].startswith(f"integrity: {len(report.findings)} findings for ")
+    assert any(line.startswith("socket ") and "network" in line for line in lines)
 
 
 def test_solution_notebooks_are_only_reported_as_identical_to_the_solution(course):

@@ -289,6 +289,7 @@ class NotebookContext:
 # --- Suspicious code ---------------------------------------------------------------------------------------------
 
 
+@functools.cache
 def reference_owners() -> dict[str, str]:
     """``{dotted reference function: exercises it is the reference of}``."""
     owners: dict[str, list[str]] = {}
@@ -300,12 +301,11 @@ def reference_owners() -> dict[str, str]:
 
 def classify(path: str) -> tuple[str, str] | None:
     """``(reason, detail)`` for a dotted name an answer cell uses, None when it is harmless."""
-    owner = reference_owners().get(path)
-    if owner:
-        return "reference implementation", f"uses {path}, the library's reference implementation of {owner}"
     parts = path.split(".")
     for length in range(len(parts), 0, -1):
         prefix = ".".join(parts[:length])
+        if owner := reference_owners().get(prefix):
+            return "reference implementation", f"uses {path}: {prefix} is the reference implementation of {owner}"
         if prefix in SUSPICIOUS_NAMES:
             reason = SUSPICIOUS_NAMES[prefix]
             return (reason, f"uses {path}") if reason else None
@@ -714,12 +714,14 @@ class IntegrityReport:
 
 
 def scan_notebook(student: str, name: str, submitted: NotebookNode, context: NotebookContext) -> list[Finding]:
-    found = [
-        Finding(student, name, cell, reason, detail) for cell, reason, detail in structure_findings(submitted, context)
-    ]
+    """Structure and suspicious-code findings, one row per cell and reason (the details joined)."""
+    found = list(structure_findings(submitted, context))
     for cell, source in editable_code_cells(submitted, context):
-        found += [Finding(student, name, cell, reason, detail) for reason, detail in code_findings(source, context)]
-    return found
+        found += [(cell, reason, detail) for reason, detail in code_findings(source, context)]
+    details: dict[tuple[str, str], list[str]] = {}
+    for cell, reason, detail in found:
+        details.setdefault((cell, reason), []).append(detail)
+    return [Finding(student, name, cell, reason, "; ".join(text)) for (cell, reason), text in details.items()]
 
 
 def submitted_answers(student: str, name: str, submitted: NotebookNode, context: NotebookContext) -> list[Answer]:
