@@ -156,6 +156,11 @@ ATTACKS = {
     ),
     "shell_magic": ("!cat ../../../solutions/bert_qa/01_finetune_qa.ipynb\n", "return None, None", "kernel tampering"),
     "line_magic": ("%load ../../../solutions/bert_qa/01_finetune_qa.ipynb\n", "return None, None", "kernel tampering"),
+    "literal_getattr": (
+        "",
+        'found = getattr(qa_lib.features, "char_to_token_positions")\nreturn found(encodings, start_chars, end_chars)',
+        "reference implementation",
+    ),
     "computed_getattr": (
         "",
         'found = getattr(qa_lib.features, "char_to" + "_token_positions")\n'

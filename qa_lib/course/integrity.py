@@ -27,6 +27,7 @@ import functools
 import html
 import importlib.util
 import io
+import operator
 import re
 from collections import Counter
 from collections.abc import Iterator
@@ -89,6 +90,7 @@ SUSPICIOUS_NAMES: dict[str, str | None] = {
     **{name: "obfuscation" for name in ("codecs", "bz2", "lzma", "gzip", "binascii", "zipfile", "bytes.fromhex")},
     **{name: "namespace tampering" for name in ("globals", "locals", "vars", "setattr", "delattr")},
     **{name: "kernel tampering" for name in ("IPython", "ipykernel", "traitlets", "jupyter_client")},
+    "IPython.display": None,  # display() of a table or a plot while trying things out
 }
 # Attributes that reach code objects, frames or the kernel whatever object they are read from.
 SUSPICIOUS_ATTRIBUTES: dict[str, str] = {
@@ -115,9 +117,10 @@ SUSPICIOUS_ATTRIBUTES: dict[str, str] = {
 }
 # Special methods that let an object pass `==`, `bool()` or isinstance checks it should fail.
 ALWAYS_EQUAL_METHODS = {"__eq__", "__ne__", "__bool__", "__instancecheck__", "__subclasscheck__"}
+INTEGER_OPERATIONS = {ast.Mult: operator.mul, ast.Pow: operator.pow, ast.Add: operator.add}
 FLOOD = 10**6  # a string or list repeated this often: megabytes of output or memory
 LONG_RANGE = 10**7  # range() this long is no exercise's loop
-KERNEL_NAMES = {"get_ipython": "IPython.get_ipython", "display": "IPython.display.display"}
+KERNEL_NAMES = {"get_ipython": "IPython.get_ipython"}  # what IPython puts in every notebook's namespace
 
 
 @dataclass(frozen=True)
@@ -198,21 +201,19 @@ def assigned_names(tree: ast.AST) -> set[str]:
     return names
 
 
-def module_level_bindings(tree: ast.Module) -> Iterator[tuple[str, ast.AST]]:
-    """``(name, node)`` for each name the cell binds in the notebook's namespace: statements at module level
+def module_level_bindings(tree: ast.Module) -> Iterator[str]:
+    """Each name the cell binds in the notebook's namespace other than by import: statements at module level
     (inside if/for/with/try too) and names a function declares ``global``."""
     for node in ast.walk(tree):
         if isinstance(node, ast.Global):
-            yield from ((name, node) for name in node.names)
+            yield from node.names
     for statement in top_level_statements(tree.body):
         if isinstance(statement, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-            yield statement.name, statement
-        elif isinstance(statement, ast.Import | ast.ImportFrom):
-            continue  # checked against the names the locked cells import (import_rebinds)
-        else:
+            yield statement.name
+        elif not isinstance(statement, ast.Import | ast.ImportFrom):  # imports: see import_bindings_at_top
             targets = [n for n in ast.walk(statement) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)]
             scoped = {id(n) for sub in ast.walk(statement) if is_scope(sub) for n in ast.walk(sub) if n is not sub}
-            yield from ((n.id, n) for n in targets if id(n) not in scoped)
+            yield from (n.id for n in targets if id(n) not in scoped)
 
 
 def is_scope(node: ast.AST) -> bool:
@@ -316,17 +317,11 @@ def constant_int(node: ast.AST) -> int | None:
     """The value of an integer expression made of literals (``50 * 1024 ** 2``), else None."""
     if isinstance(node, ast.Constant) and isinstance(node.value, int) and not isinstance(node.value, bool):
         return node.value
-    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult | ast.Pow | ast.Add):
+    if isinstance(node, ast.BinOp) and type(node.op) in INTEGER_OPERATIONS:
         left, right = constant_int(node.left), constant_int(node.right)
-        if left is None or right is None or (isinstance(node.op, ast.Pow) and right > 64):
-            return None
-        return (
-            left * right
-            if isinstance(node.op, ast.Mult)
-            else left**right
-            if isinstance(node.op, ast.Pow)
-            else left + right
-        )
+        if left is None or right is None or (isinstance(node.op, ast.Pow) and not 0 <= right <= 64):
+            return None  # a huge power would take the scanner itself down
+        return INTEGER_OPERATIONS[type(node.op)](left, right)
     return None
 
 
@@ -366,10 +361,11 @@ class CodeScanner(ast.NodeVisitor):
         return None
 
     def judge_chain(self, node: ast.AST) -> None:
+        """Classify the dotted name of the longest chain (``a.b.c``, ``getattr(a, "b")``) once, not its parts."""
         if id(node) in self.in_chain:
             return
         for inner in ast.walk(node):
-            if isinstance(inner, ast.Name | ast.Attribute):
+            if isinstance(inner, ast.Name | ast.Attribute | ast.Call):
                 self.in_chain.add(id(inner))
         path = self.resolve(node)
         verdict = classify(path) if path else None
@@ -382,7 +378,7 @@ class CodeScanner(ast.NodeVisitor):
 
     def visit_Attribute(self, node: ast.Attribute) -> None:
         if node.attr in SUSPICIOUS_ATTRIBUTES:
-            self.flag(SUSPICIOUS_ATTRIBUTES[node.attr], f"reads .{node.attr}")
+            self.flag(SUSPICIOUS_ATTRIBUTES[node.attr], f"uses .{node.attr}")
         if isinstance(node.ctx, ast.Store | ast.Del):
             self.judge_patch(node)
         self.judge_chain(node)
@@ -412,6 +408,8 @@ class CodeScanner(ast.NodeVisitor):
         function = self.resolve(node.func)
         if function == "getattr" and len(node.args) >= 2 and not isinstance(node.args[1], ast.Constant):
             self.flag("obfuscation", f"getattr with a computed name: {ast.unparse(node)[:80]}")
+        elif function == "getattr":  # getattr(module, "name") is module.name
+            self.judge_chain(node)
         if function in {"exec", "eval", "compile"} and node.args and not isinstance(node.args[0], ast.Constant):
             self.flag("obfuscation", f"{function}() of a built string: {ast.unparse(node)[:80]}")
         if function == "range" and any((constant_int(a) or 0) >= LONG_RANGE for a in node.args):
@@ -448,14 +446,14 @@ def rebinding_findings(tree: ast.Module, context: NotebookContext) -> list[tuple
     """Module-level bindings of names the locked cells read, and of builtins; re-importing what the locked
     cells import under the same name (``import torch``) is harmless."""
     found = []
-    for name, _ in module_level_bindings(tree):
+    for name in module_level_bindings(tree):
         if hasattr(builtins, name):
             found.append(("builtin rebound", f"binds `{name}`, a Python builtin"))
         elif name in context.protected:
-            found.append(("test name rebound", f"binds `{name}`, which the locked test cells read"))
+            found.append(("test name rebound", f"binds `{name}`, which the locked cells read"))
     for name, path in import_bindings_at_top(tree).items():
         if (name in context.protected or hasattr(builtins, name)) and context.namespace.get(name) != path:
-            found.append(("test name rebound", f"imports {path} as `{name}`, which the locked test cells read"))
+            found.append(("test name rebound", f"imports {path} as `{name}`, which the locked cells read"))
     return list(dict.fromkeys(found))
 
 
