@@ -472,3 +472,8 @@ def test_csv_and_html_reports(course, tmp_path):
     text = visible_text(section)
     assert "groups.setdefault(word, []).append(position)" in text  # honest_0's cell
     assert renamed(HONEST["e9_whole_word_mask"][0]).split("\n")[0].strip() in text  # the copy, beside it
+
+
+def test_cli_reports_a_missing_course_directory(tmp_path, capsys):
+    assert cli.main(["integrity", str(tmp_path / "missing")]) == 2
+    assert "no such course directory" in capsys.readouterr().err

@@ -734,6 +734,8 @@ def submitted_answers(student: str, name: str, submitted: NotebookNode, context:
 def scan_course(course_root: str | Path = ".", assignment: str = ASSIGNMENT) -> IntegrityReport:
     """Read every ``submitted/<student>/<assignment>/*.ipynb`` of a course and report what looks wrong."""
     course_root = Path(course_root)
+    if not course_root.is_dir():
+        raise FileNotFoundError(f"{course_root}: no such course directory")
     by_name = contexts(course_root, assignment)
     findings: list[Finding] = []
     answers: list[Answer] = []
