@@ -161,6 +161,11 @@ ATTACKS = {
         'found = getattr(qa_lib.features, "char_to_token_positions")\nreturn found(encodings, start_chars, end_chars)',
         "reference implementation",
     ),
+    "star_import": (
+        "from qa_lib.decoding import *\n",
+        "return best_spans(encodings, encodings, start_chars)",
+        "reference implementation",
+    ),
     "computed_getattr": (
         "",
         'found = getattr(qa_lib.features, "char_to" + "_token_positions")\n'
@@ -334,6 +339,10 @@ def course(tmp_path_factory):
         folder.mkdir(parents=True)
         for name, notebook in notebooks.items():
             nbformat.write(notebook, folder / f"{name}.ipynb")
+    odd = root / "submitted" / "odd_files" / "bert_qa"
+    odd.mkdir(parents=True)
+    (odd / f"{NB1}.ipynb").write_text("not a notebook", encoding="utf-8")
+    nbformat.write(release(NB2), odd / "03_extra.ipynb")
     return root, scan_course(root)
 
 
@@ -477,3 +486,9 @@ def test_csv_and_html_reports(course, tmp_path):
 def test_cli_reports_a_missing_course_directory(tmp_path, capsys):
     assert cli.main(["integrity", str(tmp_path / "missing")]) == 2
     assert "no such course directory" in capsys.readouterr().err
+
+
+def test_unreadable_and_unknown_notebooks_are_findings(course):
+    _, report = course
+    found = {(f.notebook, f.reason) for f in rows(report, "odd_files")}
+    assert found == {(NB1, "unreadable notebook"), ("03_extra", "unknown notebook")}

@@ -69,6 +69,8 @@ REFERENCES: dict[str, tuple[str, ...]] = {
     "e9_whole_word_mask": ("qa_lib.wwm.whole_word_mask", "qa_lib.wwm.char_mask"),
 }
 
+REFERENCE_PATHS = sorted({path for paths in REFERENCES.values() for path in paths})
+
 # Dotted names (modules, attributes, builtins) an answer cell has no honest use for, by longest prefix.
 # None marks a harmless member of a flagged module.
 SUSPICIOUS_NAMES: dict[str, str | None] = {
@@ -99,7 +101,16 @@ SUSPICIOUS_ATTRIBUTES: dict[str, str] = {
         "interpreter internals",
     ),
     **dict.fromkeys(
-        ("__subclasses__", "__bases__", "__mro__", "__getattribute__", "__loader__", "__spec__", "__func__"),
+        (
+            "__subclasses__",
+            "__bases__",
+            "__base__",
+            "__mro__",
+            "__getattribute__",
+            "__loader__",
+            "__spec__",
+            "__func__",
+        ),
         "interpreter internals",
     ),
     **dict.fromkeys(
@@ -183,6 +194,10 @@ def import_bindings(tree: ast.AST) -> dict[str, str]:
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
             for alias in node.names:
                 bound[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+            if any(alias.name == "*" for alias in node.names):  # what a star import can bring that matters here
+                bound |= {
+                    path.rsplit(".", 1)[1]: path for path in REFERENCE_PATHS if path.startswith(node.module + ".")
+                }
     return bound
 
 
@@ -748,7 +763,7 @@ def scan_course(course_root: str | Path = ".", assignment: str = ASSIGNMENT) -> 
             continue
         try:
             submitted = nbformat.read(path, as_version=4)
-        except Exception as error:  # noqa: BLE001 (any unreadable file is a finding, not a crash)
+        except (ValueError, TypeError, KeyError, AttributeError, OSError) as error:  # not JSON, not a notebook
             findings.append(Finding(student, name, "-", "unreadable notebook", f"{type(error).__name__}: {error}"))
             continue
         read += 1
