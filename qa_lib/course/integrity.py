@@ -10,8 +10,9 @@ and compared with the instructor notebooks (``solutions/``) and the release (``n
 - nbgrader structure: locked cells edited (nbgrader checksums), grade cells deleted or duplicated, answer cells'
   metadata changed;
 - copies: answer cells close to the instructor solution, to the library's reference implementation, or to
-  another student's answer, measured with copydetect's winnowing (MOSS) on tokens with names, strings and
-  comments normalised, after removing the code the release already gives (signature, docstring, markers).
+  another student's answer, measured with copydetect's k-gram fingerprints (as in MOSS) on tokens with names,
+  strings and comments normalised, after removing the code the release already gives (signature, docstring,
+  markers).
 
 The report informs; it does not grade. A submission equal to the instructor solution is reported as "identical
 to the instructor solution" (a leaked solution): that is expected when the kit's own tests submit the solution
@@ -584,10 +585,10 @@ def fingerprint(code: str):
     if not code.strip():
         return None
     try:
-        print_ = CodeFingerprint("answer.py", K, WINDOW, fp=io.StringIO(code), language="python")
+        result = CodeFingerprint("answer.py", K, WINDOW, fp=io.StringIO(code), language="python")
     except (ValueError, IndexError):
         return None
-    return print_ if len(print_.filtered_code) >= MIN_FILTERED and print_.token_coverage else None
+    return result if len(result.filtered_code) >= MIN_FILTERED and result.token_coverage else None
 
 
 def similarity(first, second) -> float:
@@ -622,25 +623,19 @@ class Answer:
     code: str  # the student's own code in the cell
 
 
+def copy_finding(answer: Answer, reason: str, detail: str, score: float, other: str, other_code: str) -> Finding:
+    return Finding(answer.student, answer.notebook, answer.cell, reason, detail, score, other, answer.code, other_code)
+
+
 def copy_of_kit(answer: Answer, context: NotebookContext) -> list[Finding]:
     """The answer against the instructor solution and the library's reference implementation."""
     mine = fingerprint(answer.code)
     solution = context.solution_code(answer.cell)
     if mine is None:
         return []
-    where = (answer.student, answer.notebook, answer.cell)
     if normalised(answer.code) == normalised(solution):
-        return [
-            Finding(
-                *where,
-                "identical to instructor solution",
-                "the answer is the solution notebook's code",
-                1.0,
-                "instructor solution",
-                answer.code,
-                solution,
-            )
-        ]
+        detail = "the answer is the solution notebook's code"
+        return [copy_finding(answer, "identical to instructor solution", detail, 1.0, "instructor solution", solution)]
     found = []
     for reason, other, code in (
         ("close to instructor solution", "instructor solution", solution),
@@ -649,9 +644,7 @@ def copy_of_kit(answer: Answer, context: NotebookContext) -> list[Finding]:
         theirs = fingerprint(code)
         score = similarity(mine, theirs) if theirs else 0.0
         if score >= SOLUTION_THRESHOLD:
-            found.append(
-                Finding(*where, reason, f"{score:.0%} of the code matches ({other})", score, other, answer.code, code)
-            )
+            found.append(copy_finding(answer, reason, f"{score:.0%} of the code matches ({other})", score, other, code))
     return found
 
 
@@ -661,30 +654,19 @@ def normalised(code: str) -> str:
 
 def copies_between(answers: list[Answer]) -> list[Finding]:
     """Pairs of students whose answers to the same exercise are near-identical: one row for each of the two."""
-    prints = {answer: fingerprint(answer.code) for answer in answers}
+    by_exercise: dict[tuple[str, str], list[Answer]] = {}
+    for answer in answers:
+        if fingerprint(answer.code) is not None:
+            by_exercise.setdefault((answer.notebook, answer.cell), []).append(answer)
     found = []
-    for i, first in enumerate(answers):
-        for second in answers[i + 1 :]:
-            if (first.notebook, first.cell) != (second.notebook, second.cell) or first.student == second.student:
-                continue
-            if prints[first] is None or prints[second] is None:
-                continue
-            score = similarity(prints[first], prints[second])
-            if score >= PAIR_THRESHOLD:
-                for one, two in ((first, second), (second, first)):
-                    found.append(
-                        Finding(
-                            one.student,
-                            one.notebook,
-                            one.cell,
-                            "copy between students",
-                            f"{score:.0%} of the code matches {two.student}'s",
-                            score,
-                            two.student,
-                            one.code,
-                            two.code,
-                        )
-                    )
+    for group in by_exercise.values():
+        for i, first in enumerate(group):
+            for second in group[i + 1 :]:
+                score = similarity(fingerprint(first.code), fingerprint(second.code))
+                if score >= PAIR_THRESHOLD:
+                    for one, two in ((first, second), (second, first)):
+                        detail = f"{score:.0%} of the code matches {two.student}'s"
+                        found.append(copy_finding(one, "copy between students", detail, score, two.student, two.code))
     return found
 
 
