@@ -1,7 +1,8 @@
 """Honest answers written independently of the solution notebooks, for calibrating the copy checks of
 ``qa_lib.course.integrity`` (tests/test_integrity.py): each is the body of an exercise's function (the code
-between the markers). They are written to solve the exercise a different way, as different students would;
-they are read, never run.
+between the markers). They are written to solve the exercise a different way, as different students would.
+The tests read them, never run them; each was checked once against the library's reference implementation on
+sample inputs (E5 and E8 with a pointer model like the notebooks').
 """
 
 HONEST: dict[str, list[str]] = {
