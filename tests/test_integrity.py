@@ -166,6 +166,11 @@ ATTACKS = {
         "return best_spans(encodings, encodings, start_chars)",
         "reference implementation",
     ),
+    "timed_shell": (
+        "",
+        '%time os.system("cat ../../../solutions/bert_qa/01_finetune_qa.ipynb")\nreturn None, None',
+        "process",
+    ),
     "computed_getattr": (
         "",
         'found = getattr(qa_lib.features, "char_to" + "_token_positions")\n'
@@ -288,12 +293,20 @@ STRUCTURE = {
 HONEST_STUDENTS = [f"honest_{variant}" for variant in range(3)]
 
 
-def added_cell() -> nbformat.NotebookNode:
-    """A solved notebook with a cell of the student's own (no nbgrader metadata) after the E2 answer."""
-    notebook = solved(NB1)
-    position = notebook.cells.index(cell(notebook, E2)) + 1
-    notebook.cells.insert(position, nbformat.v4.new_code_cell('import sqlite3\n\nsqlite3.connect("gradebook.db")'))
+def added_cells(notebook: nbformat.NotebookNode, after: str, *sources: str) -> nbformat.NotebookNode:
+    """The notebook with cells of the student's own (no nbgrader metadata) after the cell ``after``."""
+    position = notebook.cells.index(cell(notebook, after)) + 1
+    notebook.cells[position:position] = [nbformat.v4.new_code_cell(source) for source in sources]
     return notebook
+
+
+# What an honest student tries out in cells of their own: a plot, a timing, a look at the data.
+SCRATCH = (
+    "%matplotlib inline\nimport matplotlib.pyplot as plt\n\nplt.hist([len(p) for p in train_paragraphs])",
+    "%timeit collect_examples(train_squad)",
+    "%%time\npositions = to_token_positions(encodings, train_start_chars, train_end_chars)\nprint(positions[0][:5])",
+    "from IPython.display import display\n\ndisplay(first)\nquestion = train_questions[0]\nprint(question)",
+)
 
 
 def structure_attack(edit) -> nbformat.NotebookNode:
@@ -322,10 +335,14 @@ def course(tmp_path_factory):
         "solution": {NB1: solution(NB1), NB2: solution(NB2)},
         "blank": {NB1: release(NB1), NB2: release(NB2)},
         **{student: {name: edited(name, *edits)} for student, (name, _, edits) in BUGGY.items()},
-        **{student: {NB1: honest(NB1, v), NB2: honest(NB2, v)} for v, student in enumerate(HONEST_STUDENTS)},
         **{student: {NB1: attack(prefix, body)} for student, (prefix, body, _) in ATTACKS.items()},
         **{student: {NB1: structure_attack(edit)} for student, (edit, _, _) in STRUCTURE.items()},
-        "adds_cell": {NB1: added_cell()},
+        "adds_cell": {NB1: added_cells(solved(NB1), E2, 'import sqlite3\n\nsqlite3.connect("gradebook.db")')},
+        # Independent answers, with cells of their own for trying things out.
+        **{
+            student: {NB1: added_cells(honest(NB1, v), "e1_collect_examples", *SCRATCH), NB2: honest(NB2, v)}
+            for v, student in enumerate(HONEST_STUDENTS)
+        },
         # Copies (the other answer cells left blank): the E7 solution disguised; the reference of E2 disguised;
         # honest_0's E9 disguised by a classmate.
         "copies_solution": {NB2: with_answer(release(NB2), "e7_best_span", renamed(solution_e7()))},

@@ -127,6 +127,8 @@ SUSPICIOUS_ATTRIBUTES: dict[str, str] = {
         "kernel tampering",
     ),
 }
+MAGIC_CALLS = {"IPython.get_ipython.run_line_magic", "IPython.get_ipython.run_cell_magic"}
+HARMLESS_MAGICS = {"matplotlib", "time", "timeit", "who", "whos"}
 # Special methods that let an object pass `==`, `bool()` or isinstance checks it should fail.
 ALWAYS_EQUAL_METHODS = {"__eq__", "__ne__", "__bool__", "__instancecheck__", "__subclasscheck__"}
 INTEGER_OPERATIONS = {ast.Mult: operator.mul, ast.Pow: operator.pow, ast.Add: operator.add}
@@ -421,6 +423,8 @@ class CodeScanner(ast.NodeVisitor):
                 self.flag(verdict[0], f"imports {alias.name} from {node.module}")
 
     def visit_Call(self, node: ast.Call) -> None:
+        if self.harmless_magic(node):
+            return
         function = self.resolve(node.func)
         if function == "getattr" and len(node.args) >= 2 and not isinstance(node.args[1], ast.Constant):
             self.flag("obfuscation", f"getattr with a computed name: {ast.unparse(node)[:80]}")
@@ -433,6 +437,25 @@ class CodeScanner(ast.NodeVisitor):
         if any(keyword.arg == "start_new_session" for keyword in node.keywords):
             self.flag("process", "starts a process in a new session (it outlives the grader's kernel)")
         self.generic_visit(node)
+
+    def harmless_magic(self, node: ast.Call) -> bool:
+        """``%matplotlib inline``, ``%timeit f(x)``: magics students use while trying things out. The code a
+        timing magic runs is a string argument: it is scanned as code of the cell."""
+        magic = node.args[0] if node.args else None
+        if self.resolve(node.func) not in MAGIC_CALLS or not isinstance(magic, ast.Constant):
+            return False
+        if magic.value not in HARMLESS_MAGICS:
+            return False
+        for argument in node.args[1:]:
+            code = (
+                parse(argument.value)
+                if isinstance(argument, ast.Constant) and isinstance(argument.value, str)
+                else None
+            )
+            if code is not None:
+                self.local |= assigned_names(code)
+                self.visit(code)
+        return True
 
     def visit_BinOp(self, node: ast.BinOp) -> None:
         if isinstance(node.op, ast.Mult):
