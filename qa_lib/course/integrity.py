@@ -38,7 +38,8 @@ from pathlib import Path
 import nbformat
 from nbformat import NotebookNode
 
-ASSIGNMENT = "bert_qa"
+from .grading import ASSIGNMENT, kit_root
+
 SOLUTION_REGION = re.compile(r"### BEGIN SOLUTION\n(.*?)### END SOLUTION", re.S)
 
 # Each exercise's reference implementations in qa_lib: the functions its test cells disable with
@@ -702,8 +703,6 @@ def notebooks_in(folder: Path) -> dict[str, NotebookNode]:
 
 def assignment_folder(course_root: Path, kinds: tuple[str, ...], assignment: str) -> Path | None:
     """The first of ``<course>/<kind>/<assignment>`` that exists, else the kit's own (``solutions``, ``notebooks``)."""
-    from .grading import kit_root
-
     candidates = [course_root / kind / assignment for kind in kinds]
     try:
         candidates.append(kit_root() / kinds[0] / assignment)
