@@ -145,6 +145,23 @@ def command_check(args) -> dict:
     return {"notebooks": len(reports), "passed": True}
 
 
+def command_integrity(args) -> dict:
+    from .course.integrity import scan_course, table_lines, write_csv, write_html
+    from .data import DataFormatError
+
+    try:
+        report = scan_course(args.course_root, args.assignment)
+    except FileNotFoundError as error:
+        raise DataFormatError(str(error)) from error
+    print("\n".join(table_lines(report)))
+    for path, write in ((args.csv, write_csv), (args.html, write_html)):
+        if path:
+            write(report, path)
+            print(f"wrote {path}")
+    # Exit status 0 whatever it finds: the report informs the instructor, it does not grade.
+    return {"findings": len(report.findings), "students": len(report.students)}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qa-kit", description="BERT extractive QA on CMRC 2018: a teaching kit")
     parser.add_argument("--verbose", action="store_true", help="log every data repair and drop")
@@ -200,6 +217,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("notebooks", nargs="+", help="notebook files, e.g. notebooks/bert_qa/01_finetune_qa.ipynb")
     check.set_defaults(run=command_check)
+
+    integrity = commands.add_parser(
+        "integrity", help="list suspicious answer cells, edited locked cells and copies in a course's submissions"
+    )
+    integrity.add_argument("course_root", nargs="?", default=".", help="course directory (holds submitted/)")
+    integrity.add_argument("--assignment", default="bert_qa")
+    integrity.add_argument("--csv", help="also write the findings to this CSV file")
+    integrity.add_argument("--html", help="also write a self-contained HTML report (copies side by side)")
+    integrity.add_argument("--json", action="store_true", help="end with one JSON line of results")
+    integrity.set_defaults(run=command_integrity)
 
     for sub in (train, predict, demo, evaluate, pretrain, check):
         sub.add_argument("--json", action="store_true", help="end with one JSON line of results")
