@@ -19,6 +19,7 @@ import pytest
 from test_notebooks import NB1, RELEASE, cell, hidden_lines, solution, visible_text
 
 from qa_lib.course.grading import Course, autograded_points
+from qa_lib.course.integrity import scan_course
 
 ANSWER_CELL = "e1_collect_examples"
 MARKER = "qa-kit-hostile-marker"
@@ -303,6 +304,14 @@ def test_hidden_tests_never_reach_the_kernel(hostile_course):
     page = visible_text(course.feedback("solution+prints_every_cell")[NB1])
     leaked = [line for line in secrets if line in executed or line in page]
     assert not leaked, f"hidden test source reached the student: {leaked[:3]}"
+
+
+def test_the_integrity_report_flags_every_hostile_student(hostile_course):
+    course, _, _ = hostile_course
+    report = scan_course(course.root)
+    flagged = {finding.student for finding in report.findings if not finding.is_copy}
+    assert set(HOSTILE) <= flagged, f"not flagged: {sorted(set(HOSTILE) - flagged)}"
+    assert "victim" not in flagged
 
 
 def test_grading_time_per_hostile_notebook_is_printed(hostile_course, capsys):

@@ -77,13 +77,13 @@ ATTACKS = {
         'socket.create_connection(("127.0.0.1", 8888)).sendall(b"answers?")\nreturn None, None',
         "network",
     ),
-    "rebinds_reference_disabled": (
-        "import contextlib\n\nreference_disabled = lambda *functions: contextlib.nullcontext()\n",
+    "rebinds_check": (
+        "check = lambda *args, **kwargs: None\n",
         "return None, None",
         "test name rebound",
     ),
     "imports_over_test_helper": (
-        "from contextlib import nullcontext as reference_disabled\n",
+        "from contextlib import nullcontext as check\n",
         "return None, None",
         "test name rebound",
     ),
@@ -93,7 +93,7 @@ ATTACKS = {
         "grading code",
     ),
     "captures_reference": (
-        "_ref = qa_lib.features.char_to_token_positions\n",
+        "import qa_lib.features\n\n_ref = qa_lib.features.char_to_token_positions\n",
         "return _ref(encodings, start_chars, end_chars)",
         "reference implementation",
     ),
@@ -157,7 +157,7 @@ ATTACKS = {
     "shell_magic": ("!cat ../../../solutions/bert_qa/01_finetune_qa.ipynb\n", "return None, None", "kernel tampering"),
     "line_magic": ("%load ../../../solutions/bert_qa/01_finetune_qa.ipynb\n", "return None, None", "kernel tampering"),
     "literal_getattr": (
-        "",
+        "import qa_lib.features\n",
         'found = getattr(qa_lib.features, "char_to_token_positions")\nreturn found(encodings, start_chars, end_chars)',
         "reference implementation",
     ),
@@ -248,7 +248,7 @@ def renamed(code: str) -> str:
 
 def locked_edit(notebook: nbformat.NotebookNode) -> None:
     test = cell(notebook, "e1_collect_visible")
-    test.source = test.source.replace("assert ", "pass  # assert ")
+    test.source = test.source.replace('check("e1_collect_visible"', 'print("e1_collect_visible"')
 
 
 def locked_edit_with_checksum(notebook: nbformat.NotebookNode) -> None:
@@ -463,21 +463,14 @@ def test_thresholds_separate_honest_answers_from_disguised_copies():
     assert min(copy_scores) > max(SOLUTION_THRESHOLD, PAIR_THRESHOLD) + 0.1, min(copy_scores)
 
 
-def test_reference_table_names_every_function_the_tests_disable():
-    """REFERENCES is the single table: it must list what each exercise's test cells pass to reference_disabled."""
-    disabled = set()
-    for name in (NB1, NB2):
-        source = "\n".join(c.source for c in solution(name).cells if c.cell_type == "code")
-        for call in re.findall(r"reference_disabled\(([^)]*)\)", source):
-            for argument in call.split(","):
-                argument = argument.strip()
-                if argument.startswith("*"):  # a tuple defined in a helper cell: its elements
-                    tuple_source = re.search(rf"{argument[1:]} = \(([^)]*)\)", source).group(1)
-                    disabled |= {part.strip().rsplit(".", 1)[-1] for part in tuple_source.split(",")}
-                else:
-                    disabled.add(argument.rsplit(".", 1)[-1])
-    listed = {name.rsplit(".", 1)[-1] for names in integrity.REFERENCES.values() for name in names}
-    assert disabled - {""} <= listed
+def test_reference_table_names_functions_that_exist():
+    """REFERENCES comes from the judge's exercise table: every entry is a function of the library."""
+    import importlib
+
+    for names in integrity.REFERENCES.values():
+        for dotted in names:
+            module, name = dotted.rsplit(".", 1)
+            assert callable(getattr(importlib.import_module(module), name)), dotted
 
 
 def test_csv_and_html_reports(course, tmp_path):

@@ -420,6 +420,8 @@ def nbgrader_warnings_off():
 
 
 def grading_demo(say: Callable[[str], None]) -> dict:
+    from .integrity import integrity_lines
+
     """The instructor workflow in a temporary course: release the assignment, autograde the solution notebooks
     as one student and the blank release as another, and print the grade table and the timings."""
     say("\n== Grading the notebooks with nbgrader (temporary course directory) ==")
@@ -447,4 +449,6 @@ def grading_demo(say: Callable[[str], None]) -> dict:
                     "seconds": run,
                 }
             say(f"{'':<10}(autograde of both notebooks: {seconds:.1f} s)")
+        for line in integrity_lines(folder):
+            say(line)
     return summary

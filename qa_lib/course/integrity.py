@@ -38,37 +38,15 @@ from pathlib import Path
 import nbformat
 from nbformat import NotebookNode
 
+from .exercises import EXERCISES
 from .grading import ASSIGNMENT, kit_root
 
 SOLUTION_REGION = re.compile(r"### BEGIN SOLUTION\n(.*?)### END SOLUTION", re.S)
 
-# Each exercise's reference implementations in qa_lib: the functions its test cells disable with
-# reference_disabled(...). One table drives both the "uses a reference implementation" rule (any answer cell)
-# and the "close to the reference implementation" copy check (the exercise's own answer cell).
+# Each exercise's reference implementations in qa_lib (the table the judge stubs out): they drive both the "uses a
+# reference implementation" rule (any answer cell) and the "close to the reference implementation" copy check.
 REFERENCES: dict[str, tuple[str, ...]] = {
-    "e1_collect_examples": ("qa_lib.data.examples_from_squad",),
-    "e2_to_token_positions": ("qa_lib.features.char_to_token_positions",),
-    "e3_make_optimizer": ("qa_lib.training.make_optimizer",),
-    "e4_accuracy": ("qa_lib.decoding.argmax_positions", "qa_lib.decoding.span_accuracy"),
-    "e5_predict": ("qa_lib.predict.answer", "qa_lib.predict.predict_examples"),
-    "e6_sliding_windows": (
-        "qa_lib.features.encode_windows",
-        "qa_lib.features.build_windows",
-        "qa_lib.features.label_windows",
-        "qa_lib.features.prepare_train_features",
-        "qa_lib.features.span_to_tokens",
-    ),
-    "e7_best_span": ("qa_lib.decoding.best_spans", "qa_lib.decoding.top_spans"),
-    "e8_predict_long": (
-        "qa_lib.predict.answer",
-        "qa_lib.predict.predict_examples",
-        "qa_lib.decoding.postprocess_predictions",
-        "qa_lib.decoding.window_candidates",
-        "qa_lib.features.encode_windows",
-        "qa_lib.features.build_windows",
-        "qa_lib.features.prepare_eval_features",
-    ),
-    "e9_whole_word_mask": ("qa_lib.wwm.whole_word_mask", "qa_lib.wwm.char_mask"),
+    exercise.answer_cell: tuple(f"qa_lib.{name}" for name in exercise.references) for exercise in EXERCISES.values()
 }
 
 REFERENCE_PATHS = sorted({path for paths in REFERENCES.values() for path in paths})

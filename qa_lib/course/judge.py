@@ -116,8 +116,13 @@ def run_probe(job: ProbeJob, sandboxed: bool, seconds: int) -> tuple[dict[str, s
 
     with tempfile.TemporaryDirectory(prefix="qa-kit-probe-") as scratch:
         scratch = Path(scratch)
-        payload = {"cells": job.cells, "tests": job.tests, "stand_ins": job.stand_ins, "tokenizer": "/judge/tokenizer",
-                   "seconds": seconds}
+        payload = {
+            "cells": job.cells,
+            "tests": job.tests,
+            "stand_ins": job.stand_ins,
+            "tokenizer": "/judge/tokenizer",
+            "seconds": seconds,
+        }
         (scratch / "job.json").write_text(json.dumps(payload, ensure_ascii=False), encoding="utf-8")
         command = [sys.executable, "-m", "qa_lib.course.probe", str(scratch / "job.json"), str(scratch / "results")]
         if sandboxed:
