@@ -420,10 +420,11 @@ def nbgrader_warnings_off():
 
 
 def grading_demo(say: Callable[[str], None]) -> dict:
+    """The instructor workflow in a temporary course: release the assignment, autograde the solution notebooks
+    as one student and the blank release as another, and print the grade table, the timings and the integrity
+    report."""
     from .integrity import integrity_lines
 
-    """The instructor workflow in a temporary course: release the assignment, autograde the solution notebooks
-    as one student and the blank release as another, and print the grade table and the timings."""
     say("\n== Grading the notebooks with nbgrader (temporary course directory) ==")
     summary: dict = {"students": {}}
     with nbgrader_warnings_off(), tempfile.TemporaryDirectory(prefix="qa-kit-course-") as folder:
