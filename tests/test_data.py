@@ -231,6 +231,10 @@ def test_cmrc_dev_repairs_and_drops(cmrc_dir):
     assert report.dropped_references == 193 and report.repaired_missing_start == 0
     assert report.repaired_misaligned == 7
     assert report.dropped_questions == 0 and len(examples) == 3219
+    # The metric's gold keeps all 9,657 texts, the 193 dropped ones included, in file order.
+    gold = references_of(examples)
+    assert sum(len(texts) for texts in gold.values()) == 9657 and len(gold) == 3219
+    assert all({a.text for a in e.answers} <= set(gold[e.id]) for e in examples)
     for example in examples:
         for answer in example.answers:
             assert example.context[answer.start : answer.end] == answer.text
