@@ -201,8 +201,11 @@ class RawQuestion:
     where: str  # "<file>: record <id>", for messages
 
 
-def squad_questions(squad: Any, source: str, report: LoadReport) -> Iterator[RawQuestion]:
-    """Every question of every paragraph of every article, with its fields checked; a duplicate id is refused."""
+def squad_questions(
+    squad: Any, source: str, report: LoadReport, answers_required: bool = True
+) -> Iterator[RawQuestion]:
+    """Every question of every paragraph of every article, with its fields checked; a duplicate id is refused.
+    Without ``answers_required`` a record may lack the ``answers`` field (a file to predict, such as a test set)."""
     first_seen: dict[str, str] = {}
     for a, article in enumerate(require_field(squad, "data", list, source)):
         title = article.get("title", "") if isinstance(article, Mapping) else ""
@@ -220,7 +223,7 @@ def squad_questions(squad: Any, source: str, report: LoadReport) -> Iterator[Raw
                 first_seen[question_id] = location
                 record_where = f"{source}: record {question_id}"
                 question = _question_text(record, record_where, report)
-                answers = _raw_answers(record, record_where)
+                answers = _raw_answers(record, record_where) if answers_required or "answers" in record else []
                 yield RawQuestion(question_id, title, context, question, answers, record_where)
 
 
@@ -262,9 +265,9 @@ def examples_from_squad(
 
     A question none of whose references can be placed in its context is dropped (and counted) for training;
     with ``drop_unanswered=False`` it is kept with ``answers=()``, so that prediction answers it and the metric
-    scores it against its gold texts, as the official script does."""
+    scores it against its gold texts, as the official script does; a record may then lack ``answers``."""
     report, examples = LoadReport(source), []
-    for raw in squad_questions(squad, source, report):
+    for raw in squad_questions(squad, source, report, answers_required=drop_unanswered):
         report.questions += 1
         answers = validate_answers(raw.id, raw.context, raw.answers, report)
         if not answers and drop_unanswered:

@@ -166,6 +166,6 @@ def evaluate_files(gold_path: str | PathLike, predictions_path: str | PathLike) 
     unscorable = [question_id for question_id, texts in references.items() if not texts]
     if unscorable:
         raise DataFormatError(
-            f"{gold_path}: record {unscorable[0]}: field 'answers' is empty: nothing to score against"
+            f"{gold_path}: record {unscorable[0]}: field 'answers' is missing or empty: nothing to score against"
         )
     return corpus_scores(references, read_predictions(predictions_path))

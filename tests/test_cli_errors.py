@@ -106,7 +106,7 @@ EVALUATE_CASES = {
     "predictions broken JSON": (["{good}", "{broken}"], "{broken}: not valid JSON"),
     "answer not a string": (["{good}", "{number_answer}"], "question 'a': answer should be str, got int"),
     "gold without data": (["{no_data}", "{good}"], "{no_data}: missing field 'data'"),
-    "gold without answers": (["{empty_answers}", "{good}"], "record a: field 'answers' is empty"),
+    "gold without answers": (["{empty_answers}", "{good}"], "record a: field 'answers' is missing or empty"),
     "unknown split": (["train", "{good}"], "train: no such split: {cmrc} holds dev."),
 }
 

@@ -129,6 +129,14 @@ def test_questions_without_a_usable_reference_are_kept_for_scoring_when_asked():
     assert scoring[0].answers == () and references_of(scoring)["lost"] == ["丁"]
 
 
+def test_a_file_to_predict_may_lack_answers_but_a_training_file_may_not():
+    data = squad(paragraph("甲乙", {"id": "x", "question": "q"}))
+    examples, report = examples_from_squad(data, drop_unanswered=False)
+    assert [(e.id, e.answers, e.gold) for e in examples] == [("x", (), ())] and report.unanswered_questions == 1
+    with pytest.raises(DataFormatError, match="record x: missing field 'answers'"):
+        examples_from_squad(data)
+
+
 def test_empty_questions_are_kept_and_counted():
     examples, report = examples_from_squad(squad(paragraph("甲乙", qa("x", " ", ("乙", 1)), qa("y", "q", ("甲", 0)))))
     assert [e.id for e in examples] == ["x", "y"] and report.empty_questions == 1

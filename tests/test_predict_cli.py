@@ -111,6 +111,14 @@ def test_cli_train_predict_evaluate_end_to_end(squad_file, tmp_path, capsys):
     assert last_json_line(capsys)["text"]
 
 
+def test_cli_train_without_eval_says_it_did_not_evaluate(squad_file, tmp_path, capsys):
+    argv = ["train", "--preset", "smoke", "--train", str(squad_file), "--max-steps", "1", "--output-dir", str(tmp_path)]
+    assert main(argv) == 0
+    assert (
+        capsys.readouterr().out.strip().endswith(f"model saved to {tmp_path / 'final'}; not evaluated (no --eval file)")
+    )
+
+
 def test_cli_errors_are_one_clear_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert main(["evaluate", str(tmp_path / "missing.json"), str(tmp_path / "p.json")]) == 2
