@@ -56,7 +56,7 @@ class QAExample:
     answers: tuple[Answer, ...]  # validated references; the first one is the training label
     # Every reference text exactly as the file gives it, found in the context or not: the official metric's gold.
     # Defaults to the answers' texts for examples built by hand.
-    gold: tuple[str, ...] = None
+    gold: tuple[str, ...] | None = None
 
     def __post_init__(self):
         if self.gold is None:
@@ -198,7 +198,6 @@ class RawQuestion:
     context: str
     question: str
     answers: list[tuple[str, int]]  # (text, answer_start) in file order
-    where: str  # "<file>: record <id>", for messages
 
 
 def squad_questions(
@@ -224,7 +223,7 @@ def squad_questions(
                 record_where = f"{source}: record {question_id}"
                 question = _question_text(record, record_where, report)
                 answers = _raw_answers(record, record_where) if answers_required or "answers" in record else []
-                yield RawQuestion(question_id, title, context, question, answers, record_where)
+                yield RawQuestion(question_id, title, context, question, answers)
 
 
 def _question_id(record: Any, where: str, report: LoadReport) -> str:
