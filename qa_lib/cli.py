@@ -1,7 +1,9 @@
 """The ``qa-kit`` command: evaluate, train, predict, demo (and the notebook/wwm tools).
 
-Every sub-command prints a clear one-line error (exit status 2) for missing files and for model
-names that cannot be loaded offline, instead of a traceback.
+Every sub-command turns a user's mistake (a missing, unreadable or mis-encoded file, a folder in place of a
+file, a wrong JSON shape, an unknown split or preset, a model that cannot be loaded offline) into one line on
+stderr naming the file and the problem, with exit status 2. A traceback means a bug in the kit (``--debug``
+shows one for user mistakes too).
 """
 
 from __future__ import annotations
@@ -14,19 +16,24 @@ import sys
 import time
 from pathlib import Path
 
-DATA_SPLITS = ("trial", "dev")
+
+class UsageError(ValueError):
+    """A command line that names something that does not exist (a preset) or combines options wrongly."""
 
 
-def resolve_data(name: str) -> Path:
-    """``trial``/``dev`` mean the CMRC 2018 files in QA_KIT_CMRC_DIR; anything else is a path."""
-    from .data import DataFormatError, cmrc_file
+def user_error_types() -> tuple[type[Exception], ...]:
+    """The exceptions that mean a user's mistake rather than a bug in the kit (imported late: startup speed)."""
+    from .data import DataFormatError, DataUnavailable
+    from .models import ModelFilesMissing
 
-    if name in DATA_SPLITS:
-        return cmrc_file(name)
-    path = Path(name)
-    if not path.is_file():
-        raise DataFormatError(f"{path}: file not found")
-    return path
+    return UsageError, DataFormatError, DataUnavailable, ModelFilesMissing
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line (library messages, e.g. from transformers, span several)."""
+    if isinstance(error, OSError) and error.filename is not None:
+        return f"{error.filename}: {error.strerror or error}"
+    return " ".join(str(error).split())
 
 
 def load_model_and_tokenizer(name: str, config_overrides: dict | None = None):
@@ -37,6 +44,7 @@ def load_model_and_tokenizer(name: str, config_overrides: dict | None = None):
 
 
 def command_evaluate(args) -> dict:
+    from .data import resolve_data
     from .metric import evaluate_files
 
     scores = evaluate_files(resolve_data(args.gold), args.predictions)
@@ -44,21 +52,19 @@ def command_evaluate(args) -> dict:
 
 
 def command_train(args) -> dict:
-    from .data import load_squad
-    from .metric import read_references
-    from .training import preset, same_seeds, train_qa
+    from .data import load_squad, resolve_data
+    from .training import PRESETS, preset, same_seeds, train_qa
 
+    if args.preset not in PRESETS:
+        raise UsageError(f"--preset {args.preset}: no such preset; choose one of {', '.join(sorted(PRESETS))}")
     overrides = {
         key: value for key, value in (("epochs", args.epochs), ("max_steps", args.max_steps)) if value is not None
     }
     config = preset(args.preset, **({"model": args.model} if args.model else {}), **overrides)
     train_examples, report = load_squad(resolve_data(args.train))
     logging.getLogger(__name__).info(report.summary())
-    eval_examples = references = None
-    if args.eval:
-        eval_path = resolve_data(args.eval)
-        eval_examples, _ = load_squad(eval_path)
-        references = read_references(eval_path)
+    # Every question of the evaluation file is scored against every reference it gives (see references_of).
+    eval_examples = load_squad(resolve_data(args.eval), drop_unanswered=False)[0] if args.eval else None
     same_seeds(config.seed)
     model, tokenizer = load_model_and_tokenizer(config.model, config.model_overrides)
     started = time.perf_counter()
@@ -68,7 +74,6 @@ def command_train(args) -> dict:
         train_examples,
         config,
         eval_examples=eval_examples,
-        references=references,
         output_dir=args.output_dir,
         resume=args.resume,
     )
@@ -76,7 +81,8 @@ def command_train(args) -> dict:
     model.save_pretrained(final)
     tokenizer.save_pretrained(final)
     last = history["epochs"][-1] if history["epochs"] else {}
-    print(f"model saved to {final}; scores from the {args.eval or 'no'} split are printed as measured")
+    measured = f"scores on {args.eval} are printed as measured" if args.eval else "not evaluated (no --eval file)"
+    print(f"model saved to {final}; {measured}")
     return {
         "em": last.get("em"),
         "f1": last.get("f1"),
@@ -93,9 +99,9 @@ def command_predict(args) -> dict:
         result = answer(args.question, args.context, model, tokenizer, top_k=args.top_k)
         print(result["text"])
         return {key: result[key] for key in ("text", "start", "end", "score", "probability")}
-    from .data import load_squad
+    from .data import load_squad, resolve_data
 
-    examples, _ = load_squad(resolve_data(args.data))
+    examples, _ = load_squad(resolve_data(args.data), drop_unanswered=False)
     predictions, nbest = predict_examples(model, tokenizer, examples, n_best=args.top_k)
     paths = write_predictions(args.output_dir, predictions, nbest)
     print(f"wrote {paths[0]} and {paths[1]}")
@@ -123,20 +129,20 @@ def command_demo(args) -> dict:
 def command_pretrain_mlm(args) -> dict:
     from .pretraining import pretrain_mlm_command
 
-    source = str(resolve_data(args.data))
     return pretrain_mlm_command(
-        source, args.model, args.masking, args.epochs, args.max_steps, args.output_dir, args.seed, resume=args.resume
+        args.data, args.model, args.masking, args.epochs, args.max_steps, args.output_dir, args.seed, resume=args.resume
     )
 
 
 def command_check(args) -> dict:
     from .course.grading import check_notebook
-    from .data import DataFormatError
 
     reports = []
     for name in args.notebooks:
         if not Path(name).is_file():
-            raise DataFormatError(f"{name}: notebook not found")
+            raise UsageError(
+                f"{name}: {'is a folder, not a notebook' if Path(name).is_dir() else 'notebook not found'}"
+            )
         report, _ = check_notebook(name)
         print("\n".join(report.lines()))
         reports.append(report)
@@ -165,10 +171,11 @@ def command_integrity(args) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qa-kit", description="BERT extractive QA on CMRC 2018: a teaching kit")
     parser.add_argument("--verbose", action="store_true", help="log every data repair and drop")
+    parser.add_argument("--debug", action="store_true", help="show a traceback for user mistakes too")
     commands = parser.add_subparsers(dest="command", required=True)
 
     evaluate = commands.add_parser("evaluate", help="official CMRC 2018 EM/F1 of a predictions file")
-    evaluate.add_argument("gold", help="gold SQuAD-format JSON, or trial/dev")
+    evaluate.add_argument("gold", help="gold SQuAD-format JSON, or a split name (dev, trial, ...)")
     evaluate.add_argument("predictions", help="JSON object {question_id: answer}")
     evaluate.set_defaults(run=command_evaluate)
 
@@ -177,8 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--model", help="hub name or local folder (overrides the preset); offline-tiny for a tiny random BERT"
     )
-    train.add_argument("--train", required=True, help="training file, or trial/dev from QA_KIT_CMRC_DIR")
-    train.add_argument("--eval", help="evaluation file, or trial/dev")
+    train.add_argument(
+        "--train", required=True, help="training file, or a split name: any cmrc2018_<split>.json in QA_KIT_CMRC_DIR"
+    )
+    train.add_argument("--eval", help="evaluation file, or a split name (dev, trial, ...)")
     train.add_argument("--output-dir", default="runs/train")
     train.add_argument("--epochs", type=int)
     train.add_argument("--max-steps", type=int)
@@ -187,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser("predict", help="answer questions with a trained model")
     predict.add_argument("--model", required=True, help="trained model folder (or hub name)")
-    predict.add_argument("--data", help="SQuAD-format file (or trial/dev): writes predictions.json + nbest")
+    predict.add_argument("--data", help="SQuAD-format file or split name: writes predictions.json + nbest")
     predict.add_argument("--question", help="one question (with --context)")
     predict.add_argument("--context", help="its context, any length")
     predict.add_argument("--output-dir", default="runs/predict")
@@ -202,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain = commands.add_parser(
         "pretrain-mlm", help="continued masked-LM pretraining on QA contexts, with whole word or character masking"
     )
-    pretrain.add_argument("--data", default="trial", help="SQuAD file whose contexts are the texts, or trial/dev")
+    pretrain.add_argument("--data", default="trial", help="SQuAD file whose contexts are the texts, or a split name")
     pretrain.add_argument("--model", default="offline-tiny", help="hub name or local folder; offline-tiny by default")
     pretrain.add_argument("--masking", choices=("wwm", "char"), default="wwm")
     pretrain.add_argument("--epochs", type=int)
@@ -239,24 +248,27 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
-    if args.command == "predict" and (args.question is None) == (args.data is None):
-        print("qa-kit predict: give either --data FILE or --question Q --context C", file=sys.stderr)
-        return 2
-    if args.command == "predict" and args.question is not None and args.context is None:
-        print("qa-kit predict: --question needs --context", file=sys.stderr)
-        return 2
-    from .data import DataFormatError, DataUnavailable
-    from .metric import MetricInputError
-    from .models import ModelFilesMissing
-
     try:
+        check_predict_options(args)
         result = args.run(args)
-    except (DataFormatError, DataUnavailable, MetricInputError, ModelFilesMissing, KeyError) as error:
-        print(f"qa-kit {args.command}: {error}", file=sys.stderr)
+    except (*user_error_types(), OSError) as error:
+        # An OSError naming no file comes from deep inside a library: a bug to show, not a user's mistake.
+        if args.debug or (isinstance(error, OSError) and error.filename is None):
+            raise
+        print(f"qa-kit {args.command}: {one_line(error)}", file=sys.stderr)
         return 2
     if args.json or args.command == "evaluate":
         print(json.dumps(result, ensure_ascii=False))
     return 0
+
+
+def check_predict_options(args) -> None:
+    if args.command != "predict":
+        return
+    if (args.question is None) == (args.data is None):
+        raise UsageError("give either --data FILE or --question Q --context C")
+    if args.question is not None and args.context is None:
+        raise UsageError("--question needs --context")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,11 @@ Every question of every paragraph of every article becomes one :class:`QAExample
 assignment read only ``paragraphs[0]``, which silently drops questions in multi-paragraph datasets).
 Each reference answer is checked against its context: a start of -1 or a start that does not point
 at the text is repaired to the nearest occurrence of the text, and a reference whose text does not
-occur at all is dropped. Every repair and drop is counted in a :class:`LoadReport` and logged.
+occur at all (or is empty) is dropped from the answers. Every repair and drop is counted in a
+:class:`LoadReport` and logged. A dropped reference stays in the example's ``gold``: the official
+metric scores against every text the file gives, so :func:`references_of` is the one gold source
+for evaluation. Files are read as UTF-8 with or without a byte-order mark; a malformed record is
+refused with the file, the record and the field named.
 """
 
 from __future__ import annotations
@@ -50,11 +54,19 @@ class QAExample:
     context: str
     question: str
     answers: tuple[Answer, ...]  # validated references; the first one is the training label
+    # Every reference text exactly as the file gives it, found in the context or not: the official metric's gold.
+    # Defaults to the answers' texts for examples built by hand.
+    gold: tuple[str, ...] | None = None
+
+    def __post_init__(self):
+        if self.gold is None:
+            object.__setattr__(self, "gold", tuple(answer.text for answer in self.answers))
 
 
 def references_of(examples: Sequence[QAExample]) -> dict[str, list[str]]:
-    """``{question_id: [reference answer texts]}``, the gold side of the metric."""
-    return {e.id: [a.text for a in e.answers] for e in examples}
+    """``{question_id: [reference texts]}``, the gold side of the metric: every text the file gives, also those
+    that loading could not place in the context (the official script scores against them all)."""
+    return {e.id: list(e.gold) for e in examples}
 
 
 @dataclass
@@ -65,21 +77,28 @@ class LoadReport:
     questions: int = 0
     references: int = 0
     repaired_missing_start: int = 0  # answer_start == -1, text found in the context
-    repaired_misaligned: int = 0  # answer_start pointed elsewhere, text found in the context
-    dropped_references: int = 0  # text not in the context
-    dropped_questions: int = 0  # no reference left after validation
+    repaired_misaligned: int = 0  # answer_start inside the context but pointing elsewhere, text found
+    repaired_out_of_range: int = 0  # answer_start below -1 or past the context's end, text found
+    stripped_ids: int = 0  # question ids with surrounding whitespace, which the official script strips
+    empty_questions: int = 0  # kept: the model reads the context alone
+    dropped_references: int = 0  # text empty or not in the context (it stays in the gold, see QAExample.gold)
+    dropped_questions: int = 0  # no reference left after validation (only with drop_unanswered)
+    unanswered_questions: int = 0  # no reference left after validation, kept for prediction and scoring
     events: list[str] = field(default_factory=list)
 
     @property
     def repaired(self) -> int:
-        return self.repaired_missing_start + self.repaired_misaligned
+        return self.repaired_missing_start + self.repaired_misaligned + self.repaired_out_of_range
 
     def summary(self) -> str:
         return (
             f"{self.source}: {self.questions} questions, {self.references} references; "
             f"repaired {self.repaired} (start -1: {self.repaired_missing_start}, "
-            f"misaligned: {self.repaired_misaligned}); dropped {self.dropped_references} references "
-            f"and {self.dropped_questions} questions without a usable answer"
+            f"misaligned: {self.repaired_misaligned}, out of range: {self.repaired_out_of_range}), "
+            f"stripped {self.stripped_ids} ids; kept {self.empty_questions} empty questions; "
+            f"dropped {self.dropped_references} references "
+            f"and {self.dropped_questions} questions without a usable answer; "
+            f"kept {self.unanswered_questions} such questions for prediction and scoring only"
         )
 
 
@@ -100,16 +119,19 @@ def validate_answers(
     answers = []
     for text, start in raw_answers:
         report.references += 1
-        if start >= 0 and context.startswith(text, start):
+        if text and 0 <= start and context.startswith(text, start):
             answers.append(Answer(text, start))
             continue
-        repaired = nearest_occurrence(context, text, max(start, 0))
+        repaired = nearest_occurrence(context, text, min(max(start, 0), len(context))) if text else -1
         if repaired == -1:
             report.dropped_references += 1
-            report.events.append(f"{question_id}: dropped reference {text!r} (start {start}): not in the context")
+            reason = "empty text" if not text else "not in the context"
+            report.events.append(f"{question_id}: dropped reference {text!r} (start {start}): {reason}")
             continue
         if start == -1:
             report.repaired_missing_start += 1
+        elif start < -1 or start >= len(context):
+            report.repaired_out_of_range += 1
         else:
             report.repaired_misaligned += 1
         report.events.append(f"{question_id}: reference {text!r} start {start} -> {repaired}")
@@ -117,7 +139,35 @@ def validate_answers(
     return tuple(answers)
 
 
-def _field(record: Mapping[str, Any], name: str, kind: type, where: str) -> Any:
+# --- reading and checking JSON: the one reader and validator, also used by qa_lib.metric -------------------------
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Parse a JSON file as UTF-8, with or without a byte-order mark; any failure is a :class:`DataFormatError`
+    whose one-line message names the file and the fix."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError as error:
+        raise DataFormatError(f"{path}: file not found") from error
+    except IsADirectoryError as error:
+        raise DataFormatError(f"{path}: is a folder, not a file") from error
+    except PermissionError as error:
+        raise DataFormatError(f"{path}: not readable (permission denied)") from error
+    except UnicodeDecodeError as error:
+        raise DataFormatError(
+            f"{path}: not UTF-8 (byte 0x{error.object[error.start]:02x} at offset {error.start}); convert it, "
+            f"e.g. for GBK: iconv -f GBK -t UTF-8 {path} > {path.stem}.utf8{path.suffix}"
+        ) from error
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DataFormatError(f"{path}: not valid JSON ({error})") from error
+
+
+def require_field(record: Any, name: str, kind: type, where: str) -> Any:
+    """``record[name]`` checked to be a ``kind`` (an ``int`` is never a ``bool``), else a :class:`DataFormatError`
+    naming ``where`` (file and record) and the field."""
     if not isinstance(record, Mapping):
         raise DataFormatError(f"{where}: expected an object with field {name!r}, got {type(record).__name__}")
     if name not in record:
@@ -128,38 +178,106 @@ def _field(record: Mapping[str, Any], name: str, kind: type, where: str) -> Any:
     return value
 
 
-def _raw_questions(squad: Mapping[str, Any], source: str) -> Iterator[tuple[str, str, Any, str]]:
-    """Yield ``(title, context, question record, location)`` over all paragraphs of all articles."""
-    for a, article in enumerate(_field(squad, "data", list, f"{source}")):
+def require_text(record: Any, name: str, where: str) -> str:
+    """A string field that holds more than whitespace (an empty context holds no answer)."""
+    value = require_field(record, name, str, where)
+    if not value.strip():
+        raise DataFormatError(f"{where}: field {name!r} is empty")
+    return value
+
+
+# --- the one walk over a SQuAD-format object ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RawQuestion:
+    """One question record of a SQuAD-format file, its fields checked but its answers not yet validated."""
+
+    id: str
+    title: str
+    context: str
+    question: str
+    answers: list[tuple[str, int]]  # (text, answer_start) in file order
+
+
+def squad_questions(
+    squad: Any, source: str, report: LoadReport, answers_required: bool = True
+) -> Iterator[RawQuestion]:
+    """Every question of every paragraph of every article, with its fields checked; a duplicate id is refused.
+    Without ``answers_required`` a record may lack the ``answers`` field (a file to predict, such as a test set)."""
+    first_seen: dict[str, str] = {}
+    for a, article in enumerate(require_field(squad, "data", list, source)):
         title = article.get("title", "") if isinstance(article, Mapping) else ""
-        for p, paragraph in enumerate(_field(article, "paragraphs", list, f"{source}: article {a}")):
+        for p, paragraph in enumerate(require_field(article, "paragraphs", list, f"{source}: article {a}")):
             where = f"{source}: article {a} paragraph {p}"
-            context = _field(paragraph, "context", str, where)
-            for q, question in enumerate(_field(paragraph, "qas", list, where)):
-                yield title, context, question, f"{where} qas {q}"
+            context = require_text(paragraph, "context", where)
+            for q, record in enumerate(require_field(paragraph, "qas", list, where)):
+                location = f"article {a} paragraph {p} qas {q}"
+                question_id = _question_id(record, f"{source}: {location}", report)
+                if question_id in first_seen:
+                    raise DataFormatError(
+                        f"{source}: record {question_id}: field 'id' is not unique "
+                        f"({first_seen[question_id]} and {location})"
+                    )
+                first_seen[question_id] = location
+                record_where = f"{source}: record {question_id}"
+                question = _question_text(record, record_where, report)
+                answers = _raw_answers(record, record_where) if answers_required or "answers" in record else []
+                yield RawQuestion(question_id, title, context, question, answers)
 
 
-def examples_from_squad(squad: Mapping[str, Any], source: str = "<memory>") -> tuple[list[QAExample], LoadReport]:
-    """Flatten a parsed SQuAD-format object into validated examples and a report."""
+def _question_id(record: Any, where: str, report: LoadReport) -> str:
+    """The record's id, stripped of surrounding whitespace as the official script does with gold ids."""
+    question_id = require_field(record, "id", str, where)
+    if question_id != question_id.strip():
+        report.stripped_ids += 1
+        report.events.append(f"{where}: id {question_id!r} stripped of surrounding whitespace")
+    if not question_id.strip():
+        raise DataFormatError(f"{where}: field 'id' is empty")
+    return question_id.strip()
+
+
+def _question_text(record: Any, where: str, report: LoadReport) -> str:
+    """The record's question; an empty one is kept and counted (CMRC trial has two): the model then reads the
+    context alone, and dropping the question would change the set that the official metric scores."""
+    question = require_field(record, "question", str, where)
+    if not question.strip():
+        report.empty_questions += 1
+        report.events.append(f"{where}: empty question kept")
+    return question
+
+
+def _raw_answers(record: Any, where: str) -> list[tuple[str, int]]:
+    return [
+        (
+            require_field(answer, "text", str, f"{where} answer {i}"),
+            require_field(answer, "answer_start", int, f"{where} answer {i}"),
+        )
+        for i, answer in enumerate(require_field(record, "answers", list, where))
+    ]
+
+
+def examples_from_squad(
+    squad: Any, source: str = "<memory>", drop_unanswered: bool = True
+) -> tuple[list[QAExample], LoadReport]:
+    """Flatten a parsed SQuAD-format object into validated examples and a report.
+
+    A question none of whose references can be placed in its context is dropped (and counted) for training;
+    with ``drop_unanswered=False`` it is kept with ``answers=()``, so that prediction answers it and the metric
+    scores it against its gold texts, as the official script does; a record may then lack ``answers``."""
     report, examples = LoadReport(source), []
-    for title, context, record, where in _raw_questions(squad, source):
-        question_id = _field(record, "id", str, where)
-        where = f"{source}: record {question_id}"
-        question = _field(record, "question", str, where)
-        raw_answers = [
-            (
-                _field(answer, "text", str, f"{where} answer {i}"),
-                _field(answer, "answer_start", int, f"{where} answer {i}"),
-            )
-            for i, answer in enumerate(_field(record, "answers", list, where))
-        ]
+    for raw in squad_questions(squad, source, report, answers_required=drop_unanswered):
         report.questions += 1
-        answers = validate_answers(question_id, context, raw_answers, report)
-        if not answers:
+        answers = validate_answers(raw.id, raw.context, raw.answers, report)
+        if not answers and drop_unanswered:
             report.dropped_questions += 1
-            report.events.append(f"{question_id}: dropped question: no usable reference")
+            report.events.append(f"{raw.id}: dropped question: no usable reference")
             continue
-        examples.append(QAExample(question_id, title, context, question, answers))
+        if not answers:
+            report.unanswered_questions += 1
+            report.events.append(f"{raw.id}: no usable reference; kept for prediction and scoring")
+        gold = tuple(text for text, _ in raw.answers)
+        examples.append(QAExample(raw.id, raw.title, raw.context, raw.question, answers, gold))
     _log_report(report)
     return examples, report
 
@@ -170,29 +288,80 @@ def _log_report(report: LoadReport) -> None:
         log.debug(event)
 
 
-def load_squad(path: str | os.PathLike) -> tuple[list[QAExample], LoadReport]:
-    """Read a SQuAD-style JSON file into validated examples and a :class:`LoadReport`."""
-    path = Path(path)
-    try:
-        squad = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as error:
-        raise DataFormatError(f"{path}: file not found") from error
-    except json.JSONDecodeError as error:
-        raise DataFormatError(f"{path}: not valid JSON ({error})") from error
-    return examples_from_squad(squad, str(path))
+def load_squad(path: str | os.PathLike, drop_unanswered: bool = True) -> tuple[list[QAExample], LoadReport]:
+    """Read a SQuAD-style JSON file into validated examples and a :class:`LoadReport` (see
+    :func:`examples_from_squad`; ``drop_unanswered=False`` for prediction and evaluation)."""
+    return examples_from_squad(read_json(path), str(path), drop_unanswered)
+
+
+# --- CMRC 2018 split names ---------------------------------------------------------------------------------------
+
+CMRC_FILE_PREFIX = "cmrc2018_"
+CMRC_DOWNLOAD = (
+    "CMRC 2018's train, dev and trial files are at https://github.com/ymcui/cmrc2018/tree/master/squad-style-data "
+    "(the test answers are not public)"
+)
+
+
+def cmrc_folder(folder: str | os.PathLike | None = None) -> Path:
+    """``folder``, or the folder named by QA_KIT_CMRC_DIR; an error says how to set it up."""
+    folder = folder or os.environ.get(CMRC_DIR_VARIABLE)
+    if not folder:
+        raise DataUnavailable(
+            f"set {CMRC_DIR_VARIABLE} to the folder holding the {CMRC_FILE_PREFIX}<split>.json files "
+            "(or pass a file path; online, load_hub_split('cmrc2018', split) downloads a split)"
+        )
+    if not Path(folder).is_dir():
+        raise DataUnavailable(f"{CMRC_DIR_VARIABLE}={folder}: folder does not exist")
+    return Path(folder)
+
+
+def cmrc_splits(folder: str | os.PathLike | None = None) -> list[str]:
+    """The split names of a data folder: every ``cmrc2018_<split>.json`` in it gives ``<split>``."""
+    files = cmrc_folder(folder).glob(f"{CMRC_FILE_PREFIX}*.json")
+    return sorted(path.stem.removeprefix(CMRC_FILE_PREFIX) for path in files if path.is_file())
 
 
 def cmrc_file(split: str, folder: str | os.PathLike | None = None) -> Path:
     """Path of ``cmrc2018_<split>.json`` in ``folder`` or in the folder named by QA_KIT_CMRC_DIR."""
-    folder = folder or os.environ.get(CMRC_DIR_VARIABLE)
-    if not folder:
-        raise DataUnavailable(
-            f"set {CMRC_DIR_VARIABLE} to the folder holding cmrc2018_{split}.json "
-            "(or pass a file path; online, load_hub_split('cmrc2018', split) downloads it)"
-        )
-    path = Path(folder) / f"cmrc2018_{split}.json"
+    folder = cmrc_folder(folder)
+    path = folder / f"{CMRC_FILE_PREFIX}{split}.json"
     if not path.is_file():
-        raise DataUnavailable(f"{path} does not exist ({CMRC_DIR_VARIABLE}={folder})")
+        held = ", ".join(cmrc_splits(folder)) or f"no {CMRC_FILE_PREFIX}<split>.json file"
+        raise DataUnavailable(
+            f"{split}: no such split: {folder} holds {held}. Put {path.name} there or pass a file path; {CMRC_DOWNLOAD}"
+        )
+    return path
+
+
+def looks_like_split_name(name: str) -> bool:
+    """A bare word such as ``train`` or ``dev``: no folder and no file extension."""
+    return bool(name) and "/" not in name and os.sep not in name and not Path(name).suffix
+
+
+def resolve_data(name: str | os.PathLike) -> Path:
+    """The data file that a command line names: an existing file, else a split name (``cmrc2018_<name>.json``
+    in QA_KIT_CMRC_DIR, for any name that folder holds)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    if looks_like_split_name(str(name)):
+        return cmrc_file(str(name))
+    if path.is_dir():
+        raise DataFormatError(f"{path}: is a folder, not a data file")
+    raise DataFormatError(f"{path}: file not found")
+
+
+def write_json_atomically(path: str | os.PathLike, value: Any) -> Path:
+    """Write ``value`` as UTF-8 JSON through a temporary file renamed into place, so that an interrupted run never
+    leaves a half-written file behind."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.partial")
+    try:
+        temporary.write_text(json.dumps(value, ensure_ascii=False, indent=1), encoding="utf-8")
+        temporary.replace(path)
+    finally:
+        temporary.unlink(missing_ok=True)
     return path
 
 

@@ -14,13 +14,14 @@ a period inside a run.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from os import PathLike
 
 from nltk.tokenize import NLTKWordTokenizer
+
+from .data import DataFormatError, load_squad, read_json, references_of
 
 logger = logging.getLogger(__name__)
 
@@ -33,10 +34,6 @@ PUNCTUATION = frozenset(
 )
 
 _WORD_TOKENIZER = NLTKWordTokenizer()
-
-
-class MetricInputError(ValueError):
-    """A gold or predictions file that the metric cannot read; the message names file, record and field."""
 
 
 def normalize(text: str) -> str:
@@ -146,65 +143,29 @@ def corpus_scores(references: Mapping[str, Sequence[str]], predictions: Mapping[
     return {"AVERAGE": (em + f1) / 2, "F1": f1, "EM": em, "TOTAL": len(references), "SKIP": len(skipped)}
 
 
-def _load_json(path: str | PathLike) -> object:
-    """Parse a UTF-8 JSON file, turning a parse failure into a MetricInputError that names the file."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise MetricInputError(f"{path}: not valid UTF-8 JSON: {error}") from error
-
-
-def _field(record: object, key: str, kind: type, path: str | PathLike, where: str):
-    """record[key], checked to be of type `kind`, or a MetricInputError naming the file, record and field."""
-    if not isinstance(record, dict):
-        raise MetricInputError(f"{path}: {where}: expected a JSON object, got {type(record).__name__}")
-    if key not in record:
-        raise MetricInputError(f"{path}: {where}: missing field {key!r}")
-    if not isinstance(record[key], kind):
-        raise MetricInputError(
-            f"{path}: {where}: field {key!r} should be {kind.__name__}, got {type(record[key]).__name__}"
-        )
-    return record[key]
-
-
-def read_references(path: str | PathLike) -> dict[str, list[str]]:
-    """Question id -> all its answer texts, in file order, from a SQuAD-style gold file. Every answer text counts,
-    including ones whose answer_start is -1: the metric scores the references as given."""
-    document = _load_json(path)
-    references: dict[str, list[str]] = {}
-    for a, article in enumerate(_field(document, "data", list, path, "top level")):
-        for p, paragraph in enumerate(_field(article, "paragraphs", list, path, f"article {a}")):
-            for q, question in enumerate(_field(paragraph, "qas", list, path, f"article {a} paragraph {p}")):
-                # The official script strips gold ids before looking them up among the predictions.
-                question_id = _field(question, "id", str, path, f"article {a} paragraph {p} question {q}").strip()
-                where = f"question {question_id!r}"
-                if question_id in references:
-                    raise MetricInputError(f"{path}: {where}: field 'id' is not unique")
-                answers = _field(question, "answers", list, path, where)
-                if not answers:
-                    raise MetricInputError(f"{path}: {where}: field 'answers' is empty")
-                references[question_id] = [
-                    _field(answer, "text", str, path, f"{where} answer {i}") for i, answer in enumerate(answers)
-                ]
-    return references
-
-
 def read_predictions(path: str | PathLike) -> dict[str, str]:
     """A predictions file: one JSON object mapping question id to answer text."""
-    predictions = _load_json(path)
+    predictions = read_json(path)
     if not isinstance(predictions, dict):
-        raise MetricInputError(
+        raise DataFormatError(
             f"{path}: expected a JSON object {{question id: answer text}}, got {type(predictions).__name__}"
         )
     for question_id, answer in predictions.items():
         if not isinstance(answer, str):
-            raise MetricInputError(
+            raise DataFormatError(
                 f"{path}: question {question_id!r}: answer should be str, got {type(answer).__name__}"
             )
     return predictions
 
 
 def evaluate_files(gold_path: str | PathLike, predictions_path: str | PathLike) -> dict:
-    """Corpus scores (see corpus_scores) of a predictions file against a SQuAD-style gold file."""
-    return corpus_scores(read_references(gold_path), read_predictions(predictions_path))
+    """Corpus scores (see corpus_scores) of a predictions file against a SQuAD-style gold file, whose every
+    question and every reference text count, as in the official script (see :func:`qa_lib.data.references_of`)."""
+    examples, _ = load_squad(gold_path, drop_unanswered=False)
+    references = references_of(examples)
+    unscorable = [question_id for question_id, texts in references.items() if not texts]
+    if unscorable:
+        raise DataFormatError(
+            f"{gold_path}: record {unscorable[0]}: field 'answers' is missing or empty: nothing to score against"
+        )
+    return corpus_scores(references, read_predictions(predictions_path))

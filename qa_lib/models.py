@@ -100,8 +100,9 @@ def check_tokenizer(tokenizer, source: str) -> None:
     """Fail loudly on the 5-token tokenizer that transformers 5 returns offline without error."""
     size = len(tokenizer.get_vocab())
     if size < MIN_REAL_VOCAB:
+        no_folder = "" if Path(source).is_dir() else f" (nor is there a folder {source})"
         raise ModelFilesMissing(
-            f"tokenizer from {source!r} has only {size} tokens: its vocabulary was not found. "
+            f"tokenizer from {source!r} has only {size} tokens: its vocabulary was not found{no_folder}. "
             + how_to_get_files(source)
         )
 
@@ -143,7 +144,9 @@ def load_tokenizer(name_or_path: str | os.PathLike) -> BertTokenizerFast:
     try:
         tokenizer = BertTokenizerFast.from_pretrained(source, local_files_only=local_files_only(source))
     except (OSError, ValueError) as error:
-        raise ModelFilesMissing(f"cannot load tokenizer {source!r}: {error}. " + how_to_get_files(source)) from error
+        raise ModelFilesMissing(
+            f"cannot load tokenizer {source!r}: {str(error).rstrip('.')}. " + how_to_get_files(source)
+        ) from error
     check_tokenizer(tokenizer, source)
     return tokenizer
 
@@ -162,7 +165,9 @@ def load_bert(model_class: type[PreTrainedModel], name_or_path: str | os.PathLik
         with no_progress_bars():
             return model_class.from_pretrained(source, local_files_only=local_files_only(source))
     except (OSError, ValueError) as error:
-        raise ModelFilesMissing(f"cannot load model {source!r}: {error}. " + how_to_get_files(source)) from error
+        raise ModelFilesMissing(
+            f"cannot load model {source!r}: {str(error).rstrip('.')}. " + how_to_get_files(source)
+        ) from error
 
 
 def load_qa_model(name_or_path: str | os.PathLike, tokenizer=None, **config_overrides) -> PreTrainedModel:

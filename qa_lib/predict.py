@@ -9,7 +9,6 @@ and the context as two strings and refuses lists, so that mistake cannot happen 
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 
 from .batching import WindowDataset, pad_batch
-from .data import Answer, QAExample
+from .data import QAExample, write_json_atomically
 from .decoding import DEFAULT_MAX_ANSWER_LENGTH, Candidate, postprocess_predictions
 from .features import prepare_eval_features
 
@@ -96,8 +95,12 @@ def answer(
     max_length: int = 512,
     doc_stride: int = 128,
     max_answer_length: int = DEFAULT_MAX_ANSWER_LENGTH,
+    batch_size: int = 32,
 ) -> dict:
     """Answer one question about one context of any length.
+
+    The context's windows go through the model ``batch_size`` at a time, so that memory stays bounded
+    however long the context is (bench/long_context.py measures 200,000 characters).
 
     Returns ``{"text", "start", "end", "score", "probability", "nbest"}`` where ``start``/``end``
     are character offsets in ``context`` (end exclusive) and ``nbest`` lists the ``top_k`` best
@@ -109,8 +112,10 @@ def answer(
                 f"{name} must be one string, got {type(value).__name__}: pass the question and the context as "
                 "two arguments (a list would be encoded as a batch of separate texts, not as a pair)"
             )
-    example = QAExample("question", "", context, question, (Answer("", 0),))
-    _, nbest = predict_examples(model, tokenizer, [example], max_length, doc_stride, max_answer_length, top_k)
+    example = QAExample("question", "", context, question, answers=())
+    _, nbest = predict_examples(
+        model, tokenizer, [example], max_length, doc_stride, max_answer_length, top_k, batch_size
+    )
     candidates = nbest["question"]
     best = candidates[0] if candidates else Candidate("", float("-inf"), 0, 0, 0.0)
     return {
@@ -126,11 +131,12 @@ def answer(
 def write_predictions(
     folder: str | os.PathLike, predictions: Mapping[str, str], nbest: Mapping[str, list[Candidate]]
 ) -> tuple[Path, Path]:
-    """Write ``predictions.json`` (CMRC format ``{question_id: answer}``) and ``nbest_predictions.json``."""
+    """Write ``predictions.json`` (CMRC format ``{question_id: answer}``) and ``nbest_predictions.json``, each
+    complete or not at all."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    predictions_path, nbest_path = folder / "predictions.json", folder / "nbest_predictions.json"
-    predictions_path.write_text(json.dumps(predictions, ensure_ascii=False, indent=1), encoding="utf-8")
     nbest_json = {qid: [asdict(c) for c in candidates] for qid, candidates in nbest.items()}
-    nbest_path.write_text(json.dumps(nbest_json, ensure_ascii=False, indent=1), encoding="utf-8")
-    return predictions_path, nbest_path
+    return (
+        write_json_atomically(folder / "predictions.json", predictions),
+        write_json_atomically(folder / "nbest_predictions.json", nbest_json),
+    )

@@ -25,7 +25,7 @@ from transformers import BertForMaskedLM, BertForQuestionAnswering, PreTrainedTo
 from transformers.modeling_outputs import MaskedLMOutput
 
 from .batching import LengthGroupedBatches
-from .data import DataFormatError, cmrc_file, load_squad
+from .data import DataFormatError, load_squad, resolve_data
 from .models import (
     OFFLINE_NAME,
     load_bert,
@@ -35,7 +35,6 @@ from .models import (
 from .training import TrainConfig, fit, preset, same_seeds
 from .wwm import IGNORE_INDEX, MASKING_MODES, WholeWordMaskCollator, encode_for_mlm
 
-CMRC_SPLITS = ("trial", "dev")
 HELD_OUT_FRACTION = 0.1
 # Multiple of 8: tensor cores on GPU; the same padding rule as QA batches.
 PAD_TO_MULTIPLE_OF = 8
@@ -250,10 +249,10 @@ def pretrain_mlm(
 
 
 def load_contexts(source: str | os.PathLike) -> list[str]:
-    """The distinct contexts, in file order, of a SQuAD-format file, or of ``trial``/``dev`` (the CMRC 2018
-    files in the folder named by QA_KIT_CMRC_DIR)."""
-    path = cmrc_file(source) if source in CMRC_SPLITS else Path(source)
-    examples, _ = load_squad(path)
+    """The distinct contexts, in file order, of a SQuAD-format file or of a split name (any
+    ``cmrc2018_<split>.json`` in the folder named by QA_KIT_CMRC_DIR, see :func:`qa_lib.data.resolve_data`)."""
+    path = resolve_data(source)
+    examples, _ = load_squad(path, drop_unanswered=False)
     contexts = list(dict.fromkeys(example.context for example in examples))
     if not contexts:
         raise DataFormatError(f"{path}: no question with a usable answer, so no context to pretrain on")

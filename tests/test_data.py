@@ -6,10 +6,14 @@ from qa_lib.data import (
     DataFormatError,
     DataUnavailable,
     cmrc_file,
+    cmrc_splits,
     examples_from_squad,
     load_hub_split,
     load_squad,
     nearest_occurrence,
+    references_of,
+    resolve_data,
+    write_json_atomically,
 )
 
 
@@ -82,6 +86,11 @@ def test_drops_references_not_in_context_and_questions_left_without_answers():
             lambda d: d["data"][0]["paragraphs"][0]["qas"][0]["answers"][0].update(answer_start="1"),
             "record x answer 0: field 'answer_start' should be int",
         ),
+        (lambda d: d["data"][0]["paragraphs"][0].update(context="  "), "paragraph 0: field 'context' is empty"),
+        (
+            lambda d: d["data"][0]["paragraphs"][0]["qas"].append(qa("x", "q2", ("甲", 0))),
+            "record x: field 'id' is not unique (article 0 paragraph 0 qas 0 and article 0 paragraph 0 qas 1)",
+        ),
     ],
 )
 def test_bad_records_name_file_record_and_field(tmp_path, mutate, expected):
@@ -92,6 +101,62 @@ def test_bad_records_name_file_record_and_field(tmp_path, mutate, expected):
     with pytest.raises(DataFormatError) as error:
         load_squad(path)
     assert str(path) in str(error.value) and expected in str(error.value)
+
+
+def test_out_of_range_and_negative_starts_are_repaired_and_counted():
+    context = "甲乙丙丁"
+    data = squad(paragraph(context, qa("far", "q", ("丙", 99)), qa("neg", "q", ("乙", -5)), qa("ok", "q", ("丁", 3))))
+    examples, report = examples_from_squad(data)
+    assert [(e.id, e.answers[0].start) for e in examples] == [("far", 2), ("neg", 1), ("ok", 3)]
+    assert report.repaired_out_of_range == 2 and report.repaired_misaligned == 0
+    assert "out of range: 2" in report.summary()
+
+
+def test_empty_reference_texts_are_dropped_and_counted_but_stay_in_the_gold():
+    data = squad(paragraph("甲乙丙", qa("x", "q", ("", 0), ("乙", 1))))
+    examples, report = examples_from_squad(data)
+    assert [a.text for a in examples[0].answers] == ["乙"]
+    assert report.dropped_references == 1 and "empty text" in report.events[0]
+    assert references_of(examples) == {"x": ["", "乙"]}
+
+
+def test_questions_without_a_usable_reference_are_kept_for_scoring_when_asked():
+    data = squad(paragraph("甲乙丙", qa("lost", "q", ("丁", 0)), qa("kept", "q", ("乙", 1))))
+    training, dropped = examples_from_squad(data)
+    scoring, kept = examples_from_squad(data, drop_unanswered=False)
+    assert [e.id for e in training] == ["kept"] and dropped.dropped_questions == 1
+    assert [e.id for e in scoring] == ["lost", "kept"] and kept.unanswered_questions == 1
+    assert scoring[0].answers == () and references_of(scoring)["lost"] == ["丁"]
+
+
+def test_a_file_to_predict_may_lack_answers_but_a_training_file_may_not():
+    data = squad(paragraph("甲乙", {"id": "x", "question": "q"}))
+    examples, report = examples_from_squad(data, drop_unanswered=False)
+    assert [(e.id, e.answers, e.gold) for e in examples] == [("x", (), ())] and report.unanswered_questions == 1
+    with pytest.raises(DataFormatError, match="record x: missing field 'answers'"):
+        examples_from_squad(data)
+
+
+def test_empty_questions_are_kept_and_counted():
+    examples, report = examples_from_squad(squad(paragraph("甲乙", qa("x", " ", ("乙", 1)), qa("y", "q", ("甲", 0)))))
+    assert [e.id for e in examples] == ["x", "y"] and report.empty_questions == 1
+    assert "kept 1 empty questions" in report.summary()
+
+
+def test_ids_with_surrounding_spaces_are_stripped_and_counted():
+    examples, report = examples_from_squad(squad(paragraph("甲乙", qa(" x ", "q", ("乙", 1)))))
+    assert examples[0].id == "x" and report.stripped_ids == 1
+
+
+def test_write_json_atomically_replaces_the_file_whole(tmp_path):
+    path = tmp_path / "out.json"
+    path.write_text("old", encoding="utf-8")
+    write_json_atomically(path, {"问": "答"})
+    assert json.loads(path.read_text(encoding="utf-8")) == {"问": "答"}
+    with pytest.raises(TypeError):
+        write_json_atomically(path, {"bad": object()})
+    assert json.loads(path.read_text(encoding="utf-8")) == {"问": "答"}
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
 
 
 def test_malformed_json_and_missing_file(tmp_path):
@@ -107,8 +172,58 @@ def test_cmrc_file_needs_the_folder(monkeypatch, tmp_path):
     monkeypatch.delenv("QA_KIT_CMRC_DIR", raising=False)
     with pytest.raises(DataUnavailable, match="QA_KIT_CMRC_DIR"):
         cmrc_file("dev")
-    with pytest.raises(DataUnavailable, match="does not exist"):
+    with pytest.raises(DataUnavailable, match=f"{tmp_path} holds no cmrc2018_<split>.json file"):
         cmrc_file("dev", tmp_path)
+    with pytest.raises(DataUnavailable, match="folder does not exist"):
+        cmrc_file("dev", tmp_path / "absent")
+
+
+def write_split(folder, split):
+    data = squad(paragraph("甲乙丙", qa(f"{split}-1", "q", ("乙", 1))))
+    (folder / f"cmrc2018_{split}.json").write_text(json.dumps(data), encoding="utf-8")
+
+
+def test_every_cmrc_file_in_the_folder_is_a_split_name(monkeypatch, tmp_path):
+    for split in ("train", "dev", "my-sample"):
+        write_split(tmp_path, split)
+    (tmp_path / "notes.json").write_text("{}", encoding="utf-8")
+    monkeypatch.setenv("QA_KIT_CMRC_DIR", str(tmp_path))
+    assert cmrc_splits() == ["dev", "my-sample", "train"]
+    assert resolve_data("train") == tmp_path / "cmrc2018_train.json"
+    examples, _ = load_squad(resolve_data("my-sample"))
+    assert [e.id for e in examples] == ["my-sample-1"]
+
+
+def test_an_unknown_split_lists_the_folder_and_where_to_get_the_others(monkeypatch, tmp_path):
+    write_split(tmp_path, "dev")
+    monkeypatch.setenv("QA_KIT_CMRC_DIR", str(tmp_path))
+    with pytest.raises(DataUnavailable) as error:
+        resolve_data("train")
+    message = str(error.value)
+    assert f"train: no such split: {tmp_path} holds dev." in message
+    assert "cmrc2018_train.json" in message and "github.com/ymcui/cmrc2018" in message
+
+
+def test_a_path_is_a_file_and_never_a_folder(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    write_split(tmp_path, "mine")
+    assert resolve_data(str(tmp_path / "cmrc2018_mine.json")) == tmp_path / "cmrc2018_mine.json"
+    with pytest.raises(DataFormatError, match="data: is a folder, not a data file"):
+        resolve_data("data/")
+    with pytest.raises(DataFormatError, match="absent.json: file not found"):
+        resolve_data("absent.json")
+
+
+def test_files_with_a_byte_order_mark_load_and_gbk_files_say_how_to_convert(tmp_path):
+    data = squad(paragraph("北京是首都", qa("x", "首都？", ("北京", 0))))
+    with_bom = tmp_path / "bom.json"
+    with_bom.write_bytes(b"\xef\xbb\xbf" + json.dumps(data, ensure_ascii=False).encode("utf-8"))
+    assert [e.id for e in load_squad(with_bom)[0]] == ["x"]
+    gbk = tmp_path / "gbk.json"
+    gbk.write_bytes(json.dumps(data, ensure_ascii=False).encode("gbk"))
+    with pytest.raises(DataFormatError, match=r"gbk.json: not UTF-8 .*iconv -f GBK -t UTF-8"):
+        load_squad(gbk)
 
 
 def test_hub_loading_fails_fast_and_clearly_offline(monkeypatch):
@@ -124,6 +239,10 @@ def test_cmrc_dev_repairs_and_drops(cmrc_dir):
     assert report.dropped_references == 193 and report.repaired_missing_start == 0
     assert report.repaired_misaligned == 7
     assert report.dropped_questions == 0 and len(examples) == 3219
+    # The metric's gold keeps all 9,657 texts, the 193 dropped ones included, in file order.
+    gold = references_of(examples)
+    assert sum(len(texts) for texts in gold.values()) == 9657 and len(gold) == 3219
+    assert all({a.text for a in e.answers} <= set(gold[e.id]) for e in examples)
     for example in examples:
         for answer in example.answers:
             assert example.context[answer.start : answer.end] == answer.text
@@ -132,3 +251,4 @@ def test_cmrc_dev_repairs_and_drops(cmrc_dir):
 def test_cmrc_trial_loads_every_question(cmrc_dir):
     examples, report = load_squad(cmrc_file("trial", cmrc_dir))
     assert len(examples) == 1002 and report.repaired_misaligned == 5 and report.dropped_references == 0
+    assert report.empty_questions == 2  # TRIAL_20_QUERY_0 and TRIAL_776_QUERY_4

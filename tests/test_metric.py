@@ -9,16 +9,15 @@ from pathlib import Path
 import nltk
 import pytest
 
+from qa_lib.data import DataFormatError, load_squad, references_of
 from qa_lib.metric import (
     PUNCTUATION,
-    MetricInputError,
     corpus_scores,
     evaluate_files,
     exact_match,
     f1_score,
     normalize,
     read_predictions,
-    read_references,
     remove_punctuation,
     segment,
 )
@@ -225,23 +224,33 @@ def _gold_document() -> dict:
             {
                 "paragraphs": [
                     {
+                        "context": "北京是首都，建于1990年。",
                         "qas": [
                             {
                                 "id": "A_0",
+                                "question": "首都是哪里？",
                                 "answers": [
                                     {"text": "北京", "answer_start": 0},
-                                    {
-                                        "text": "北京大学",
-                                        "answer_start": -1,
-                                    },  # unanswerable-looking, still a reference text
+                                    # not in the context, answer_start -1: still a reference text of the gold
+                                    {"text": "北京大学", "answer_start": -1},
                                 ],
                             },
-                            {"id": "A_1", "answers": [{"text": "1990年", "answer_start": 3}]},
-                        ]
+                            {"id": "A_1", "question": "哪一年？", "answers": [{"text": "1990年", "answer_start": 8}]},
+                        ],
                     }
                 ]
             },
-            {"paragraphs": [{"qas": []}, {"qas": [{"id": "B_0", "answers": [{"text": "上海", "answer_start": 5}]}]}]},
+            {
+                "paragraphs": [
+                    {"context": "无题。", "qas": []},
+                    {
+                        "context": "他去了上海。",
+                        "qas": [
+                            {"id": "B_0", "question": "去了哪里？", "answers": [{"text": "上海", "answer_start": 3}]}
+                        ],
+                    },
+                ]
+            },
         ]
     }
 
@@ -251,8 +260,9 @@ def _write_json(path: Path, value: object) -> Path:
     return path
 
 
-def test_read_references_keeps_every_text_in_file_order(tmp_path):
-    references = read_references(_write_json(tmp_path / "gold.json", _gold_document()))
+def test_gold_keeps_every_text_in_file_order(tmp_path):
+    examples, _ = load_squad(_write_json(tmp_path / "gold.json", _gold_document()), drop_unanswered=False)
+    references = references_of(examples)
     assert list(references.items()) == [("A_0", ["北京", "北京大学"]), ("A_1", ["1990年"]), ("B_0", ["上海"])]
 
 
@@ -287,21 +297,22 @@ def _duplicate_id(document):
 @pytest.mark.parametrize(
     ("damage", "fragments"),
     [
-        (_drop_data, ["top level", "'data'"]),
+        (_drop_data, ["missing field 'data'"]),
         (_drop_paragraphs, ["article 1", "'paragraphs'"]),
-        (_drop_id, ["article 0 paragraph 0 question 1", "'id'"]),
-        (_drop_answers, ["'A_1'", "'answers'"]),
-        (_empty_answers, ["'B_0'", "'answers'", "empty"]),
-        (_number_text, ["'A_0' answer 1", "'text'", "int"]),
-        (_duplicate_id, ["'A_0'", "not unique"]),
+        (_drop_id, ["article 0 paragraph 0 qas 1", "'id'"]),
+        (_drop_answers, ["record A_1", "'answers'"]),
+        (_empty_answers, ["record B_0", "'answers'", "empty"]),
+        (_number_text, ["record A_0 answer 1", "'text'", "int"]),
+        (_duplicate_id, ["record A_0", "not unique"]),
     ],
 )
-def test_read_references_names_file_record_and_field(tmp_path, damage, fragments):
+def test_gold_file_errors_name_file_record_and_field(tmp_path, damage, fragments):
     document = _gold_document()
     damage(document)
     path = _write_json(tmp_path / "gold.json", document)
-    with pytest.raises(MetricInputError) as error:
-        read_references(path)
+    predictions = _write_json(tmp_path / "preds.json", {"A_0": "北京"})
+    with pytest.raises(DataFormatError) as error:
+        evaluate_files(path, predictions)
     for fragment in [str(path), *fragments]:
         assert fragment in str(error.value)
 
@@ -309,15 +320,16 @@ def test_read_references_names_file_record_and_field(tmp_path, damage, fragments
 def test_malformed_json_is_a_value_error_naming_the_file(tmp_path):
     path = tmp_path / "broken.json"
     path.write_text('{"data": [', encoding="utf-8")
-    for reader in (read_references, read_predictions):
-        with pytest.raises(ValueError, match="broken.json"):
-            reader(path)
+    with pytest.raises(ValueError, match="broken.json"):
+        read_predictions(path)
+    with pytest.raises(ValueError, match="broken.json"):
+        evaluate_files(path, path)
 
 
 def test_read_predictions_rejects_non_string_answers_and_non_objects(tmp_path):
-    with pytest.raises(MetricInputError, match=r"preds.json: question 'A_1': answer should be str, got int"):
+    with pytest.raises(DataFormatError, match=r"preds.json: question 'A_1': answer should be str, got int"):
         read_predictions(_write_json(tmp_path / "preds.json", {"A_0": "北京", "A_1": 1990}))
-    with pytest.raises(MetricInputError, match="list.json: expected a JSON object"):
+    with pytest.raises(DataFormatError, match="list.json: expected a JSON object"):
         read_predictions(_write_json(tmp_path / "list.json", ["北京"]))
 
 
@@ -336,10 +348,11 @@ def test_evaluate_files(tmp_path):
 
 def test_dev_set_scored_against_its_first_references(cmrc_dir, tmp_path):
     gold = cmrc_dir / "cmrc2018_dev.json"
-    references = read_references(gold)
-    raw = json.loads(gold.read_text(encoding="utf-8"))
-    answers_in_file = sum(len(q["answers"]) for a in raw["data"] for p in a["paragraphs"] for q in p["qas"])
-    assert sum(len(texts) for texts in references.values()) == answers_in_file  # answer_start -1 texts included
+    examples, report = load_squad(gold, drop_unanswered=False)
+    references = references_of(examples)
+    # All 9,657 references count, also the 193 that loading cannot place in their context (answer_start -1).
+    assert report.dropped_references == 193
+    assert sum(len(texts) for texts in references.values()) == report.references == 9657
 
     first = {question_id: texts[0] for question_id, texts in references.items()}
     scores = evaluate_files(gold, _write_json(tmp_path / "first.json", first))

@@ -11,10 +11,10 @@ exception classes that no decoder can fix:
 
 import pytest
 
-from qa_lib.data import cmrc_file, load_squad
+from qa_lib.data import cmrc_file, load_squad, references_of
 from qa_lib.decoding import gold_logits, postprocess_predictions
 from qa_lib.features import CLS_INDEX, label_windows, prepare_eval_features, strip_span
-from qa_lib.metric import corpus_scores, exact_match, read_references
+from qa_lib.metric import corpus_scores, exact_match
 
 
 def inside_a_token(example, offsets_of_context):
@@ -30,7 +30,7 @@ def test_oracle_exact_match(real_tokenizer, cmrc_dir, split, max_length):
     features = label_windows(prepare_eval_features(real_tokenizer, examples, max_length, 128), examples)
     starts, ends = gold_logits(features)
     predictions, _ = postprocess_predictions(examples, features, starts, ends, max_answer_length=max_length)
-    references = read_references(cmrc_file(split, cmrc_dir))
+    references = references_of(examples)
     scores = corpus_scores(references, predictions)
     assert scores["EM"] >= 99.5 and scores["SKIP"] == 0
 

@@ -4,7 +4,8 @@ import pytest
 
 from qa_lib.cli import main
 from qa_lib.course.synthetic import generate_squad
-from qa_lib.data import examples_from_squad
+from qa_lib.data import QAExample, examples_from_squad
+from qa_lib.features import prepare_eval_features
 from qa_lib.models import load_qa_model
 from qa_lib.predict import answer, predict_examples
 from qa_lib.training import preset, same_seeds
@@ -26,6 +27,24 @@ def test_answer_lies_inside_the_context_for_short_and_long_contexts(tiny_model, 
     assert result["text"] == context[result["start"] : result["end"]] and result["text"]
     assert 1 <= len(result["nbest"]) <= 3
     assert [c["score"] for c in result["nbest"]] == sorted((c["score"] for c in result["nbest"]), reverse=True)
+
+
+def test_a_long_context_goes_through_the_model_a_batch_of_windows_at_a_time(tiny_model, offline_tokenizer):
+    context = "北京是中华人民共和国的首都，位于华北平原的北部。" * 200  # 4,800 characters
+    question = "中国的首都是哪里？"
+    example = QAExample("q", "", context, question, answers=())
+    windows = len(prepare_eval_features(offline_tokenizer, [example], 128, 32)["input_ids"])
+    batch_sizes = []
+    hook = tiny_model.register_forward_pre_hook(
+        lambda module, args, kwargs: batch_sizes.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+    )
+    try:
+        result = answer(question, context, tiny_model, offline_tokenizer, max_length=128, doc_stride=32, batch_size=4)
+    finally:
+        hook.remove()
+    assert windows > 40 and max(batch_sizes) == 4
+    assert sum(batch_sizes) == windows and len(batch_sizes) == -(-windows // 4)
+    assert result["text"] == context[result["start"] : result["end"]] and result["text"]
 
 
 def test_answer_refuses_the_batch_of_two_texts_mistake(tiny_model, offline_tokenizer):
@@ -90,6 +109,14 @@ def test_cli_train_predict_evaluate_end_to_end(squad_file, tmp_path, capsys):
         == 0
     )
     assert last_json_line(capsys)["text"]
+
+
+def test_cli_train_without_eval_says_it_did_not_evaluate(squad_file, tmp_path, capsys):
+    argv = ["train", "--preset", "smoke", "--train", str(squad_file), "--max-steps", "1", "--output-dir", str(tmp_path)]
+    assert main(argv) == 0
+    assert (
+        capsys.readouterr().out.strip().endswith(f"model saved to {tmp_path / 'final'}; not evaluated (no --eval file)")
+    )
 
 
 def test_cli_errors_are_one_clear_line(tmp_path, capsys, monkeypatch):
