@@ -170,8 +170,11 @@ def execute_notebook(
     path: str | os.PathLike, mode: str = "validate", timeout: int = CHECK_CELL_TIMEOUT
 ) -> NotebookNode:
     """Run every cell of a notebook (errors recorded, not raised) in its own folder, with
-    ``NBGRADER_EXECUTION=mode`` in the kernel's environment only, and return the executed notebook."""
+    ``NBGRADER_EXECUTION=mode`` in the kernel's environment only, and return the executed notebook.
+    The kernel is sandboxed where bubblewrap works, as under nbgrader."""
     from nbclient import NotebookClient
+
+    from .sandbox import SandboxedKernelManager
 
     path = Path(path)
     if not path.is_file():
@@ -183,6 +186,7 @@ def execute_notebook(
         kernel_name=KERNEL_NAME,
         allow_errors=True,
         resources={"metadata": {"path": str(path.parent.resolve())}},
+        kernel_manager_class=SandboxedKernelManager,
     )
     client.execute(env={**os.environ, EXECUTION_VARIABLE: mode})
     return notebook
