@@ -87,10 +87,11 @@ def python_folders() -> list[Path]:
     return sorted({Path(folder).resolve() for folder in folders if folder and os.path.isdir(folder)})
 
 
-def clean_environment(extra: Mapping[str, str] = {}) -> list[str]:
-    """``--setenv`` arguments for the variables a kernel needs; everything else (tokens, database URLs) stays out."""
-    kept = {k: v for k, v in os.environ.items() if k in KEPT_VARIABLES or k.startswith(KEPT_PREFIXES)}
-    kept.update({"HOME": "/tmp/home", "MPLCONFIGDIR": "/tmp/matplotlib", "PYTHONDONTWRITEBYTECODE": "1", **extra})
+def clean_environment(source: Mapping[str, str]) -> list[str]:
+    """``--setenv`` arguments for the variables of ``source`` a kernel needs; everything else (tokens, database
+    URLs) stays out."""
+    kept = {k: v for k, v in source.items() if k in KEPT_VARIABLES or k.startswith(KEPT_PREFIXES)}
+    kept.update({"HOME": "/tmp/home", "MPLCONFIGDIR": "/tmp/matplotlib", "PYTHONDONTWRITEBYTECODE": "1"})
     return [arg for name, value in sorted(kept.items()) for arg in ("--setenv", name, value)]
 
 
@@ -100,11 +101,12 @@ def bwrap_command(
     workdir: Path,
     mounts: Mapping[Path, Path] = {},
     writable: Mapping[Path, Path] = {},
-    env: Mapping[str, str] = {},
+    env: Mapping[str, str] | None = None,
     memory_bytes: int = MEMORY_LIMIT_BYTES,
 ) -> list[str]:
     """``command`` inside a new root holding only the system, Python, ``mounts`` (``{inside: outside}``,
-    read-only) and ``writable`` (``{inside: outside}``) folders; ``workdir`` is where it starts."""
+    read-only) and ``writable`` (``{inside: outside}``) folders; ``workdir`` is where it starts; the environment
+    is ``env`` (default: this process's) cleaned of everything a kernel does not need."""
     args = ["bwrap", "--die-with-parent", "--new-session", "--unshare-all", "--clearenv"]
     args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--dir", "/tmp/home"]
     for folder in SYSTEM_FOLDERS:
@@ -118,7 +120,7 @@ def bwrap_command(
         args += ["--ro-bind", str(outside), str(inside)]
     for inside, outside in writable.items():
         args += ["--bind", str(outside), str(inside)]
-    args += clean_environment(env) + ["--chdir", str(workdir)]
+    args += clean_environment(os.environ if env is None else env) + ["--chdir", str(workdir)]
     return [*args, "--", "prlimit", f"--as={memory_bytes}", "--", *command]
 
 
@@ -164,7 +166,8 @@ class SandboxedKernelManager(AsyncKernelManager):
         workdir = Path(kw.get("cwd") or os.getcwd()).resolve()
         scratch = scratch_copy(workdir, self.private / "scratch")
         writable = {self.private: self.private, workdir: scratch}  # the scratch copy sits at the notebook's path
-        return bwrap_command(command, workdir=workdir, mounts=kit_package(), writable=writable), kw
+        env = kw.get("env") or os.environ  # what the kernel would have had: nbclient adds NBGRADER_EXECUTION there
+        return bwrap_command(command, workdir=workdir, mounts=kit_package(), writable=writable, env=env), kw
 
     async def interrupt_kernel(self) -> None:
         """Over the control channel: a SIGINT to bwrap would not reach a kernel in its own session."""
