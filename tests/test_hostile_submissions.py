@@ -230,6 +230,12 @@ def hostile_course(tmp_path_factory, listener):
     return course, seconds, received
 
 
+def printed(course: Course, student: str) -> str:
+    """Everything the student's autograded notebook shows as output (not its source, which names the markers)."""
+    executed = nbformat.read(course.folder("autograded", student) / f"{NB1}.ipynb", as_version=4)
+    return "\n".join(str(output.get("text", "")) for c in executed.cells for output in c.get("outputs", []))
+
+
 def points(course: Course, student: str) -> tuple[float, float]:
     return autograded_points(course.grades(student)[NB1])
 
@@ -258,8 +264,7 @@ def test_attacks_keep_only_the_earned_points(hostile_course, student):
 
 def test_course_files_stay_unreadable_and_unchanged(hostile_course):
     course, _, _ = hostile_course
-    executed = nbformat.read(course.folder("autograded", "solution+course_files") / f"{NB1}.ipynb", as_version=4)
-    text = nbformat.writes(executed)
+    text = printed(course, "solution+course_files")
     assert f"{MARKER} read" not in text and f"{MARKER} wrote" not in text and f"{MARKER} sqlite" not in text
     assert "refused ../../../gradebook.db" in text  # the attack ran, and was refused
     assert not (course.root / f"{MARKER}.txt").exists()
@@ -275,8 +280,7 @@ def test_the_victim_keeps_full_marks(hostile_course):
 def test_the_host_loopback_is_out_of_reach(hostile_course):
     course, _, received = hostile_course
     assert received == []
-    executed = nbformat.read(course.folder("autograded", "solution+network") / f"{NB1}.ipynb", as_version=4)
-    assert "refused network" in nbformat.writes(executed)
+    assert "refused network" in printed(course, "solution+network")
 
 
 def test_no_process_outlives_grading(hostile_course):
@@ -297,10 +301,8 @@ def test_hidden_tests_never_reach_the_kernel(hostile_course):
     course, _, _ = hostile_course
     secrets = hidden_lines(solution(NB1))
     assert len(secrets) > 5
-    executed = nbformat.writes(
-        nbformat.read(course.folder("autograded", "solution+prints_every_cell") / f"{NB1}.ipynb", as_version=4)
-    )
-    assert "LEAK" in executed  # the hook ran on every cell
+    executed = printed(course, "solution+prints_every_cell")
+    assert executed.count("LEAK") > 10  # the hook printed every cell it saw
     page = visible_text(course.feedback("solution+prints_every_cell")[NB1])
     leaked = [line for line in secrets if line in executed or line in page]
     assert not leaked, f"hidden test source reached the student: {leaked[:3]}"
