@@ -19,7 +19,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo test lint release clean
+.PHONY: demo test lint release clean sandbox
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,10 +31,16 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -c "import matplotlib.pyplot" 2>/dev/null
 	touch $@
 
-demo: $(BIN)/.installed
+# Autograde runs student kernels in a bubblewrap sandbox; as root on Debian/Ubuntu the Makefile installs it.
+sandbox:
+	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null; } || \
+		echo "bubblewrap is missing: install it (apt-get install bubblewrap) to autograde; see README"
+
+demo: $(BIN)/.installed sandbox
 	$(BIN)/qa-kit demo
 
-test: $(BIN)/.installed
+test: $(BIN)/.installed sandbox
 	$(BIN)/ruff check qa_lib tests bench
 	$(BIN)/python -m pytest
 
