@@ -263,11 +263,14 @@ def test_attacks_keep_only_the_earned_points(hostile_course, student):
 
 
 def test_course_files_stay_unreadable_and_unchanged(hostile_course):
+    """The attack finds nothing to read; what it writes lands in the sandbox's own throwaway folders (the
+    fixture checks that no file of the course changed) and the real gradebook keeps the real grades."""
     course, _, _ = hostile_course
     text = printed(course, "solution+course_files")
-    assert f"{MARKER} read" not in text and f"{MARKER} wrote" not in text and f"{MARKER} sqlite" not in text
-    assert "refused ../../../gradebook.db" in text  # the attack ran, and was refused
+    assert f"{MARKER} read" not in text and "BEGIN HIDDEN" not in text and "BEGIN SOLUTION" not in text
+    assert "refused ../../../submitted/victim" in text  # the attack ran: another student's folder is not there
     assert not (course.root / f"{MARKER}.txt").exists()
+    assert points(course, "blank+swallowed_errors") == (0, 25)  # "update grade set auto_score = 99" changed nothing
 
 
 def test_the_victim_keeps_full_marks(hostile_course):

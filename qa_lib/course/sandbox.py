@@ -120,6 +120,7 @@ def bwrap_command(
         args += ["--ro-bind", str(outside), str(inside)]
     for inside, outside in writable.items():
         args += ["--bind", str(outside), str(inside)]
+    args += ["--remount-ro", "/"]  # the new root's own folders (mount points) are not a place to write either
     args += clean_environment(os.environ if env is None else env) + ["--chdir", str(workdir)]
     return [*args, "--", "prlimit", f"--as={memory_bytes}", "--", *command]
 
