@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 from . import probe
 
+JUDGED_OUTSIDE = "评分时由评分程序在内核之外判定 (judged outside the kernel while grading)"
+
 
 @dataclass(frozen=True)
 class Exercise:
@@ -406,7 +408,6 @@ def check(grade_id: str, function: Callable, cases: list[dict]) -> None:
 
     While nbgrader autogrades, the kernel only says so: the judge runs these cases outside the kernel."""
     from .grading import grading_mode
-    from .judge import JUDGED_OUTSIDE
 
     if grading_mode() == "autograde":
         print(JUDGED_OUTSIDE)

@@ -39,7 +39,6 @@ from traitlets import Integer
 from . import exercises, sandbox
 from .exercises import EXERCISES
 
-JUDGED_OUTSIDE = "评分时由评分程序在内核之外判定 (judged outside the kernel while grading)"
 HELPER_CELL = "test_helpers"
 PROBE_SECONDS = 240  # one sandboxed probe: every test of a notebook; a stuck one loses only unfinished tests
 RESULTS_LIMIT_BYTES = 20 * 2**20
