@@ -52,7 +52,7 @@ class TrainConfig:
     epochs: int = 2
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
-    mixed_precision: str = "auto"  # auto: bf16 where supported, fp16 on older CUDA GPUs, off on CPU
+    mixed_precision: str = "auto"  # auto: bf16 on CUDA sm_80+, fp16 on older CUDA GPUs, off on CPU and MPS
     seed: int = 0
     group_by_length: bool = True
     save_every_steps: int | None = 500
@@ -129,17 +129,50 @@ def same_seeds(seed: int) -> None:
     torch.backends.cudnn.deterministic = True
 
 
-def resolve_mixed_precision(requested: str) -> str:
-    """``auto`` -> bf16 on GPUs that support it, fp16 on older CUDA GPUs (Colab's T4), else off.
+# Ampere (sm_80) is the first NVIDIA generation with bf16 tensor cores. torch.cuda.is_bf16_supported() also
+# says yes on a T4 (sm_75), where bf16 is emulated and slower than fp32, so the capability decides instead.
+NATIVE_BF16_CAPABILITY = (8, 0)
 
-    fp16 without CUDA would silently run in fp32, so it is refused rather than pretended."""
+
+def detect_device() -> tuple[str, tuple[int, int] | None]:
+    """The device Accelerate trains on: ``("cuda", compute capability)``, ``("mps", None)`` or ``("cpu", None)``."""
+    if torch.cuda.is_available():
+        return "cuda", tuple(torch.cuda.get_device_capability())
+    if torch.backends.mps.is_available():
+        return "mps", None
+    return "cpu", None
+
+
+def auto_precision(device: str, capability: tuple[int, int] | None) -> str:
+    """What ``auto`` means on a device.
+
+    - CUDA sm_80+ (A100, L4, H100): bf16, native there, and it needs no loss scaling.
+    - older CUDA (Colab's T4 sm_75, V100 sm_70): fp16 with loss scaling; bf16 would be emulated.
+    - Apple MPS: off. fp16 there needs loss scaling on MPS (PyTorch 2.8+) and bf16 a recent macOS, and
+      BERT-base fine-tuning fits in fp32; ask for ``fp16`` or ``bf16`` explicitly to try them.
+    - CPU: off. CPU autocast to bf16 is slower than fp32 on most CPUs without AMX.
+    """
+    if device == "cuda":
+        return "bf16" if capability is not None and capability >= NATIVE_BF16_CAPABILITY else "fp16"
+    return "no"
+
+
+def resolve_mixed_precision(requested: str) -> str:
+    """The precision to train with: ``auto`` is resolved by :func:`auto_precision` for this machine's device.
+
+    fp16 on CPU would silently run in fp32, so it is refused rather than pretended; bf16 on a CUDA GPU
+    older than Ampere runs, emulated, with a warning."""
     if requested not in PRECISIONS:
         raise ValueError(f"mixed_precision must be one of {PRECISIONS}, got {requested!r}")
-    cuda = torch.cuda.is_available()
+    device, capability = detect_device()
     if requested == "auto":
-        return ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "no"
-    if requested == "fp16" and not cuda:
-        raise ValueError("fp16 needs a CUDA GPU (on CPU it would silently run in fp32); use 'no' or 'bf16'")
+        return auto_precision(device, capability)
+    if requested == "fp16" and device == "cpu":
+        raise ValueError("fp16 needs a GPU, CUDA or MPS (on CPU it would silently run in fp32); use 'no' or 'bf16'")
+    if requested == "bf16" and device == "cuda" and capability < NATIVE_BF16_CAPABILITY:
+        log.warning(
+            "bf16 on a CUDA GPU of compute capability %s is emulated (slower than fp32); fp16 is native", capability
+        )
     return requested
 
 

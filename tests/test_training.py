@@ -5,6 +5,7 @@ import re
 import pytest
 import torch
 
+from qa_lib import training
 from qa_lib.batching import LengthGroupedBatches, pad_batch, padding_fraction
 from qa_lib.data import Answer, QAExample
 from qa_lib.models import load_qa_model
@@ -12,6 +13,7 @@ from qa_lib.training import (
     decay_parameter_groups,
     get_accelerator,
     preset,
+    reset_accelerator,
     resolve_mixed_precision,
     same_seeds,
     train_qa,
@@ -115,19 +117,64 @@ def test_no_weight_decay_on_bias_and_layernorm(offline_tokenizer):
     assert any("LayerNorm" in names[id(p)] for p in no_decay["params"]) and no_decay["weight_decay"] == 0.0
 
 
-def test_mixed_precision_choice_on_cpu():
-    assert resolve_mixed_precision("auto") == "no"
-    with pytest.raises(ValueError, match="fp16 needs a CUDA GPU"):
+MACHINES = {  # name: (torch.cuda.is_available, compute capability, torch.backends.mps.is_available)
+    "T4": (True, (7, 5), False),
+    "V100": (True, (7, 0), False),
+    "A100": (True, (8, 0), False),
+    "H100": (True, (9, 0), False),
+    "CPU": (False, None, False),
+    "MPS": (False, None, True),
+}
+
+
+def pretend_machine(monkeypatch, name):
+    """Make torch report the devices of ``name``; is_bf16_supported answers True as it does on a T4."""
+    cuda, capability, mps = MACHINES[name]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+
+
+@pytest.mark.parametrize(
+    "machine, expected",
+    [("T4", "fp16"), ("V100", "fp16"), ("A100", "bf16"), ("H100", "bf16"), ("CPU", "no"), ("MPS", "no")],
+)
+def test_auto_precision_follows_the_compute_capability(monkeypatch, machine, expected):
+    pretend_machine(monkeypatch, machine)
+    assert resolve_mixed_precision("auto") == expected
+
+
+def test_explicit_precision_is_refused_where_it_would_be_fake(monkeypatch, caplog):
+    pretend_machine(monkeypatch, "CPU")
+    with pytest.raises(ValueError, match="fp16 needs a GPU"):
         resolve_mixed_precision("fp16")
     with pytest.raises(ValueError, match="mixed_precision must be one of"):
         resolve_mixed_precision("fp8")
+    pretend_machine(monkeypatch, "MPS")
+    assert resolve_mixed_precision("fp16") == "fp16"
+    pretend_machine(monkeypatch, "T4")
+    with caplog.at_level("WARNING", logger="qa_lib.training"):
+        assert resolve_mixed_precision("bf16") == "bf16"
+    assert "emulated" in caplog.text
 
 
-def test_rerunning_reuses_the_accelerator_and_explains_a_precision_change():
-    assert get_accelerator("no").mixed_precision == "no"
-    assert get_accelerator("auto").mixed_precision == "no"  # the same cell run twice
+@pytest.fixture
+def fresh_accelerator():
+    reset_accelerator()
+    yield
+    reset_accelerator()  # later tests train with mixed_precision="no"
+
+
+@pytest.mark.parametrize("machine", ["this machine", "T4", "A100"])
+def test_rerunning_reuses_the_accelerator_and_explains_a_precision_change(monkeypatch, fresh_accelerator, machine):
+    if machine != "this machine":  # Accelerate itself stays on this machine's device; only the choice is mocked
+        monkeypatch.setattr(training, "detect_device", lambda: ("cuda", MACHINES[machine][1]))
+    auto = resolve_mixed_precision("auto")
+    assert get_accelerator(auto).mixed_precision == auto
+    assert get_accelerator("auto").mixed_precision == auto  # the same cell run twice
     with pytest.raises(RuntimeError, match="reset_accelerator"):
-        get_accelerator("bf16")
+        get_accelerator("bf16" if auto == "no" else "no")
 
 
 def test_dynamic_padding_and_length_grouping():
