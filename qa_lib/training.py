@@ -13,6 +13,8 @@ import json
 import logging
 import os
 import random
+import signal
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -28,7 +30,13 @@ from transformers import get_linear_schedule_with_warmup
 
 from . import decoding
 from .batching import LengthGroupedBatches, WindowDataset, pad_batch
-from .checkpoint import CHECKPOINT_PREFIX, latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    CHECKPOINT_PREFIX,
+    load_checkpoint,
+    prune_checkpoints,
+    resumable_checkpoint,
+    save_checkpoint,
+)
 from .data import QAExample, references_of
 from .features import keep_answerless_windows, prepare_eval_features, prepare_train_features
 from .metric import corpus_scores
@@ -56,6 +64,7 @@ class TrainConfig:
     seed: int = 0
     group_by_length: bool = True
     save_every_steps: int | None = 500
+    keep_checkpoints: int | None = 2  # the newest K step-* folders are kept; None keeps all
     max_steps: int | None = None  # stop early (smoke runs)
     eval_batch_size: int = 32
     max_answer_length: int = decoding.DEFAULT_MAX_ANSWER_LENGTH
@@ -233,6 +242,52 @@ class RunningMeans:
         return {key: total / max(self.count, 1) for key, total in self.totals.items()}
 
 
+def accumulation_group_size(index: int, batches_in_epoch: int, accumulation: int) -> int:
+    """How many micro-batches share an optimizer step with batch ``index`` (0-based within its epoch).
+
+    Groups start at multiples of ``accumulation``; the last group of an epoch may be shorter, and
+    its gradient is the mean over the batches it holds, not over ``accumulation``."""
+    group_start = index - index % accumulation
+    return min(accumulation, batches_in_epoch - group_start)
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped training after optimizer step ``step``; ``checkpoint`` is what was saved then (or None)."""
+
+    def __init__(self, step: int, checkpoint: Path | None):
+        saved = f"; checkpoint saved to {checkpoint}" if checkpoint else "; no output_dir, nothing saved"
+        super().__init__(f"training interrupted after step {step}{saved}")
+        self.step, self.checkpoint = step, checkpoint
+
+
+class StopAtStepEnd:
+    """While active, Ctrl-C (SIGINT) asks training to stop at the end of the current optimizer step.
+
+    A KeyboardInterrupt raised in the middle of ``optimizer.step()`` could leave half the parameters
+    updated, and a checkpoint saved then would not match any step; a second Ctrl-C stops at once.
+    Installed only where Python's own handler is active (the main thread; Jupyter kernels too)."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = None
+
+    def __enter__(self) -> StopAtStepEnd:
+        main_thread = threading.current_thread() is threading.main_thread()
+        if main_thread and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self.previous = signal.signal(signal.SIGINT, self.request)
+        return self
+
+    def request(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("Ctrl-C: stopping after this optimizer step, with a checkpoint if there is an output_dir")
+
+    def __exit__(self, *exception) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
 def fit(
     model: torch.nn.Module,
     dataset,
@@ -254,7 +309,10 @@ def fit(
     tensors; ``batch_metrics(batch, outputs)`` adds numbers to the progress bar; ``evaluate(model)``
     runs after each epoch; ``optimizer_factory(model, lr=...)`` replaces :func:`make_optimizer`.
     With ``output_dir``, checkpoints are written there at each epoch end and every
-    ``config.save_every_steps`` optimizer steps, and ``resume=True`` continues from the newest.
+    ``config.save_every_steps`` optimizer steps (the newest ``config.keep_checkpoints`` are kept), and
+    ``resume=True`` continues from the newest intact one. Each step's history records the learning
+    rate that step used and the mean loss of its accumulation group. Ctrl-C stops at the end of a
+    step, saves a checkpoint and raises :class:`TrainingInterrupted`.
     """
     accelerator = get_accelerator(config.mixed_precision)
     model.to(accelerator.device)  # before the optimizer, so that make_optimizer picks the fused CUDA kernel
@@ -268,7 +326,7 @@ def fit(
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
     history, progress = {"epochs": [], "steps": []}, {"step": 0, "epoch": 0, "batches_done": 0}
-    checkpoint = latest_checkpoint(output_dir) if (resume and output_dir) else None
+    checkpoint = resumable_checkpoint(output_dir) if (resume and output_dir) else None
     if checkpoint is not None:
         progress = load_checkpoint(checkpoint, accelerator.unwrap_model(model), optimizer, scheduler)
         history = progress.pop("history")
@@ -276,60 +334,75 @@ def fit(
             accelerator.scaler.load_state_dict(progress.pop("scaler"))
         log.info("resumed from %s at step %d", checkpoint, progress["step"])
 
-    def save(epoch: int, batches_done: int) -> None:
+    def save(epoch: int, batches_done: int) -> Path | None:
+        if not output_dir:
+            return None
         state = {"step": progress["step"], "epoch": epoch, "batches_done": batches_done, "history": history}
         if accelerator.scaler is not None:  # fp16 loss scale
             state["scaler"] = accelerator.scaler.state_dict()
         folder = Path(output_dir) / f"{CHECKPOINT_PREFIX}{progress['step']}"
         save_checkpoint(folder, accelerator.unwrap_model(model), tokenizer, optimizer, scheduler, state)
+        prune_checkpoints(output_dir, progress["step"], config.keep_checkpoints)
+        return folder
 
-    for epoch in range(progress["epoch"], config.epochs):
-        batches.set_epoch(epoch)
-        epoch_batches = list(batches)
-        skip = progress["batches_done"] if epoch == progress["epoch"] else 0
-        # Its own generator: creating a loader must not consume the global RNG that dropout uses,
-        # or a resumed run would drift from an uninterrupted one.
-        generator = torch.Generator().manual_seed(config.seed + epoch)
-        loader = DataLoader(dataset, batch_sampler=epoch_batches[skip:], collate_fn=collate, generator=generator)
-        means, seen, rate, started = RunningMeans(), 0, 0.0, time.perf_counter()
-        bar = tqdm(loader, desc=f"{description} epoch {epoch + 1}/{config.epochs}", total=len(epoch_batches) - skip)
-        model.train()
-        finished = len(epoch_batches)
-        for index, batch in enumerate(bar, start=skip):
-            batch = {key: value.to(accelerator.device) for key, value in batch.items()}
-            outputs = model(**batch)
-            accelerator.backward(outputs.loss / config.gradient_accumulation_steps)
-            metrics = {"loss": outputs.loss.item(), **(batch_metrics(batch, outputs) if batch_metrics else {})}
-            means.add(metrics)
-            seen += len(batch["input_ids"])
-            if (index + 1) % config.gradient_accumulation_steps == 0 or index + 1 == len(epoch_batches):
-                accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-                progress["step"] += 1
-                history["steps"].append(
-                    {"step": progress["step"], "loss": metrics["loss"], "lr": scheduler.get_last_lr()[0]}
-                )
-                if output_dir and config.save_every_steps and progress["step"] % config.save_every_steps == 0:
-                    save(epoch, index + 1)
-            rate = seen / (time.perf_counter() - started)
-            bar.set_postfix({**{k: f"{v:.3f}" for k, v in means.means().items()}, "samples/s": f"{rate:.1f}"})
-            if config.max_steps and progress["step"] >= config.max_steps:
-                finished = index + 1
+    def optimizer_step(group_losses: list[float]) -> dict:
+        used_lr = scheduler.get_last_lr()[0]  # after scheduler.step() it would be the next step's rate
+        accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+        progress["step"] += 1
+        return {"step": progress["step"], "loss": sum(group_losses) / len(group_losses), "lr": used_lr}
+
+    with StopAtStepEnd() as ctrl_c:
+        for epoch in range(progress["epoch"], config.epochs):
+            batches.set_epoch(epoch)
+            epoch_batches = list(batches)
+            skip = progress["batches_done"] if epoch == progress["epoch"] else 0
+            # Its own generator: creating a loader must not consume the global RNG that dropout uses,
+            # or a resumed run would drift from an uninterrupted one.
+            generator = torch.Generator().manual_seed(config.seed + epoch)
+            loader = DataLoader(dataset, batch_sampler=epoch_batches[skip:], collate_fn=collate, generator=generator)
+            means, seen, rate, started = RunningMeans(), 0, 0.0, time.perf_counter()
+            bar = tqdm(loader, desc=f"{description} epoch {epoch + 1}/{config.epochs}", total=len(epoch_batches) - skip)
+            model.train()
+            finished, group_losses = len(epoch_batches), []
+            for index, batch in enumerate(bar, start=skip):
+                batch = {key: value.to(accelerator.device) for key, value in batch.items()}
+                outputs = model(**batch)
+                group_size = accumulation_group_size(index, len(epoch_batches), config.gradient_accumulation_steps)
+                accelerator.backward(outputs.loss / group_size)
+                metrics = {"loss": outputs.loss.item(), **(batch_metrics(batch, outputs) if batch_metrics else {})}
+                means.add(metrics)
+                group_losses.append(metrics["loss"])
+                seen += len(batch["input_ids"])
+                if len(group_losses) == group_size:  # skip is a group boundary: checkpoints are saved at steps
+                    history["steps"].append(optimizer_step(group_losses))
+                    group_losses = []
+                    saved = None
+                    if config.save_every_steps and progress["step"] % config.save_every_steps == 0:
+                        saved = save(epoch, index + 1)
+                    if ctrl_c.requested:
+                        raise TrainingInterrupted(progress["step"], saved or save(epoch, index + 1))
+                rate = seen / (time.perf_counter() - started)
+                bar.set_postfix({**{k: f"{v:.3f}" for k, v in means.means().items()}, "samples/s": f"{rate:.1f}"})
+                if config.max_steps and progress["step"] >= config.max_steps:
+                    finished = index + 1
+                    break
+            last_lr = history["steps"][-1]["lr"] if history["steps"] else scheduler.get_last_lr()[0]
+            record = {"epoch": epoch + 1, **means.means(), "lr": last_lr, "samples_per_s": rate}
+            record["seconds"] = time.perf_counter() - started
+            if evaluate is not None:
+                record.update(evaluate(accelerator.unwrap_model(model)))
+            history["epochs"].append(record)
+            progress["batches_done"] = 0
+            log.info("epoch %d: %s", epoch + 1, record)
+            complete = finished == len(epoch_batches)
+            saved = save(epoch + 1, 0) if complete else save(epoch, finished)
+            if ctrl_c.requested:  # pressed during the evaluation
+                raise TrainingInterrupted(progress["step"], saved)
+            if not complete or (config.max_steps and progress["step"] >= config.max_steps):
                 break
-        record = {"epoch": epoch + 1, **means.means(), "lr": scheduler.get_last_lr()[0], "samples_per_s": rate}
-        record["seconds"] = time.perf_counter() - started
-        if evaluate is not None:
-            record.update(evaluate(accelerator.unwrap_model(model)))
-        history["epochs"].append(record)
-        progress["batches_done"] = 0
-        log.info("epoch %d: %s", epoch + 1, record)
-        complete = finished == len(epoch_batches)
-        if output_dir:
-            save(epoch + 1, 0) if complete else save(epoch, finished)
-        if not complete or (config.max_steps and progress["step"] >= config.max_steps):
-            break
     if output_dir:
         Path(output_dir, "history.json").write_text(json.dumps(history, indent=1), encoding="utf-8")
     return history
