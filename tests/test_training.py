@@ -91,6 +91,61 @@ def test_resume_gives_the_same_next_step(offline_tokenizer, tmp_path):
     assert not list((tmp_path / "b").rglob("*.bin")) and not list((tmp_path / "b").rglob("*.pt"))
 
 
+def test_each_step_logs_the_rate_it_used_and_the_mean_loss_of_its_group(offline_tokenizer):
+    config = preset("smoke", max_steps=None, gradient_accumulation_steps=2, warmup_ratio=0.0)
+    model = smoke_model(offline_tokenizer, config)
+    micro_batch_losses = []
+    model.register_forward_hook(lambda module, inputs, outputs: micro_batch_losses.append(outputs.loss.item()))
+    steps = train_qa(model, offline_tokenizer, birth_year_examples(10), config)["steps"]
+    assert len(micro_batch_losses) == 5 and len(steps) == 3  # groups of 2, 2 and 1 micro-batches
+    groups = [micro_batch_losses[0:2], micro_batch_losses[2:4], micro_batch_losses[4:5]]
+    assert [step["loss"] for step in steps] == pytest.approx([sum(group) / len(group) for group in groups])
+    # Linear decay without warmup over 3 steps: step k uses lr * (3 - (k - 1)) / 3; none uses 0.
+    assert [step["lr"] for step in steps] == pytest.approx([config.learning_rate * k / 3 for k in (3, 2, 1)])
+
+
+class GradientRecorder(torch.optim.SGD):
+    """Records the gradient each optimizer step sees and leaves the weights as they are."""
+
+    def __init__(self, params, lr):
+        super().__init__(params, lr=lr)
+        self.gradients = []
+
+    def step(self, closure=None):
+        parameters = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
+        self.gradients.append(torch.cat([p.grad.flatten() for p in parameters]).clone())
+
+
+def step_gradients(tokenizer, accumulation: int) -> list[torch.Tensor]:
+    no_dropout = {**preset("smoke").model_overrides, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    config = preset(
+        "smoke", max_steps=None, gradient_accumulation_steps=accumulation, max_grad_norm=1e9, model_overrides=no_dropout
+    )
+    recorders = []
+
+    def recording_optimizer(model, lr):
+        recorders.append(GradientRecorder(model.parameters(), lr))
+        return recorders[-1]
+
+    train_qa(
+        smoke_model(tokenizer, config),
+        tokenizer,
+        birth_year_examples(10),
+        config,
+        optimizer_factory=recording_optimizer,
+    )
+    return recorders[0].gradients
+
+
+def test_a_short_last_accumulation_group_is_averaged_over_its_own_batches(offline_tokenizer):
+    single = step_gradients(offline_tokenizer, accumulation=1)  # one gradient per micro-batch, same weights
+    accumulated = step_gradients(offline_tokenizer, accumulation=2)
+    assert len(single) == 5 and len(accumulated) == 3
+    expected = [(single[0] + single[1]) / 2, (single[2] + single[3]) / 2, single[4]]
+    for got, want in zip(accumulated, expected):
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-7)
+
+
 def test_student_functions_drive_the_progress_metrics(offline_tokenizer):
     calls = []
 
