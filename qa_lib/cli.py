@@ -1,7 +1,8 @@
 """The ``qa-kit`` command: evaluate, train, predict, demo (and the notebook/wwm tools).
 
-Every sub-command prints a clear one-line error (exit status 2) for missing files and for model
-names that cannot be loaded offline, instead of a traceback.
+Every sub-command prints a clear one-line error (exit status 2) for missing files, model names
+that cannot be loaded offline and checkpoints that cannot be resumed, instead of a traceback;
+Ctrl-C ends with a one-line message and exit status 130 (training saves a checkpoint first).
 """
 
 from __future__ import annotations
@@ -48,9 +49,8 @@ def command_train(args) -> dict:
     from .metric import read_references
     from .training import preset, same_seeds, train_qa
 
-    overrides = {
-        key: value for key, value in (("epochs", args.epochs), ("max_steps", args.max_steps)) if value is not None
-    }
+    options = ("epochs", "max_steps", "save_every_steps", "keep_checkpoints")
+    overrides = {key: getattr(args, key) for key in options if getattr(args, key) is not None}
     config = preset(args.preset, **({"model": args.model} if args.model else {}), **overrides)
     train_examples, report = load_squad(resolve_data(args.train))
     logging.getLogger(__name__).info(report.summary())
@@ -165,7 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--output-dir", default="runs/train")
     train.add_argument("--epochs", type=int)
     train.add_argument("--max-steps", type=int)
-    train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
+    train.add_argument("--save-every-steps", type=int, help="also save a checkpoint every N optimizer steps")
+    train.add_argument("--keep-checkpoints", type=int, help="keep the newest N checkpoints (default 2)")
+    train.add_argument(
+        "--resume", action="store_true", help="continue from the newest intact checkpoint in --output-dir"
+    )
     train.set_defaults(run=command_train)
 
     predict = commands.add_parser("predict", help="answer questions with a trained model")
@@ -218,15 +222,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "predict" and args.question is not None and args.context is None:
         print("qa-kit predict: --question needs --context", file=sys.stderr)
         return 2
+    from .checkpoint import CheckpointError
     from .data import DataFormatError, DataUnavailable
     from .metric import MetricInputError
     from .models import ModelFilesMissing
 
     try:
         result = args.run(args)
-    except (DataFormatError, DataUnavailable, MetricInputError, ModelFilesMissing, KeyError) as error:
+    except (DataFormatError, DataUnavailable, MetricInputError, ModelFilesMissing, CheckpointError, KeyError) as error:
         print(f"qa-kit {args.command}: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as interrupt:  # training stops at a step end and saves first (TrainingInterrupted)
+        resume_hint = " (continue with --resume)" if getattr(interrupt, "checkpoint", None) else ""
+        print(f"qa-kit {args.command}: {str(interrupt) or 'interrupted'}{resume_hint}", file=sys.stderr)
+        return 130
     if args.json or args.command == "evaluate":
         print(json.dumps(result, ensure_ascii=False))
     return 0
