@@ -200,15 +200,15 @@ def checkpoint_problem(folder: Path) -> str | None:
         return "interrupted while saving"
     try:
         files = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))["files"]
-        expected_sizes = {name: int(entry["bytes"]) for name, entry in files.items()}
+        expected = {name: (int(entry["bytes"]), str(entry["sha256"])) for name, entry in files.items()}
     except FileNotFoundError:
-        return f"no {MANIFEST}: written by an interrupted or pre-manifest version of qa_lib"
+        return f"no {MANIFEST}: saved by a qa_lib older than manifests, or not by qa_lib"
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         return f"{MANIFEST}: unreadable, {type(error).__name__}"
     for name in REQUIRED_FILES:
-        if name not in files:
+        if name not in expected:
             return f"{name}: not in {MANIFEST}"
-    for name, size in expected_sizes.items():
+    for name, (size, sha256) in expected.items():
         path = folder / name
         if not path.is_file():
             return f"{name}: missing"
@@ -217,7 +217,7 @@ def checkpoint_problem(folder: Path) -> str | None:
             return f"{name}: truncated, {actual} of {size} bytes"
         if actual != size:
             return f"{name}: {actual} bytes, {size} in {MANIFEST}"
-        if sha256_of(path) != files[name]["sha256"]:
+        if sha256_of(path) != sha256:
             return f"{name}: corrupted, its sha256 differs from {MANIFEST}"
     return None
 

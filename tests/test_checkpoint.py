@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from test_training import birth_year_examples, smoke_model
 
-from qa_lib.checkpoint import MANIFEST, PAUSE_SAVE_VARIABLE, CheckpointError, prune_checkpoints
+from qa_lib.checkpoint import MANIFEST, PAUSE_SAVE_VARIABLE, CheckpointError, checkpoint_problem, prune_checkpoints
 from qa_lib.cli import main
 from qa_lib.data import load_squad
 from qa_lib.training import TrainingInterrupted, preset, train_qa
@@ -162,6 +162,29 @@ def test_a_damaged_newest_checkpoint_is_skipped(squad_file, straight_run, tmp_pa
     (skipped,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("resuming from step-4")]
     assert f"skipped step-6 ({name}:" in skipped
     assert_same_losses(output_dir, straight_run)
+
+
+def edit_manifest(folder: Path, edit) -> None:
+    manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    edit(manifest["files"])
+    (folder / MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    "edit, problem",
+    [
+        (lambda files: files["model.safetensors"].pop("sha256"), "manifest.json: unreadable, KeyError"),
+        (lambda files: files.pop("optimizer.safetensors"), "optimizer.safetensors: not in manifest.json"),
+        (lambda files: files["rng.safetensors"].update(bytes=0), "rng.safetensors: {size} bytes, 0 in manifest.json"),
+    ],
+)
+def test_a_manifest_that_does_not_vouch_for_the_files_is_reported(straight_run, tmp_path, edit, problem):
+    folder = shutil.copytree(straight_run / "step-6", tmp_path / "step-6")
+    assert checkpoint_problem(folder) is None
+    edit_manifest(folder, edit)
+    assert checkpoint_problem(folder) == problem.format(size=(folder / "rng.safetensors").stat().st_size)
+    (folder / MANIFEST).unlink()
+    assert checkpoint_problem(folder).startswith("no manifest.json")
 
 
 def test_resume_fails_in_one_line_when_no_checkpoint_is_usable(
