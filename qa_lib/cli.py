@@ -45,6 +45,8 @@ def command_evaluate(args) -> dict:
 
 
 def command_train(args) -> dict:
+    from accelerate import PartialState
+
     from .data import load_squad
     from .metric import read_references
     from .training import preset, same_seeds, train_qa
@@ -73,10 +75,11 @@ def command_train(args) -> dict:
         resume=args.resume,
     )
     final = Path(args.output_dir) / "final"
-    model.save_pretrained(final)
-    tokenizer.save_pretrained(final)
+    if PartialState().is_main_process:  # under `accelerate launch` every process holds the same model
+        model.save_pretrained(final)
+        tokenizer.save_pretrained(final)
+        print(f"model saved to {final}; scores from the {args.eval or 'no'} split are printed as measured")
     last = history["epochs"][-1] if history["epochs"] else {}
-    print(f"model saved to {final}; scores from the {args.eval or 'no'} split are printed as measured")
     return {
         "em": last.get("em"),
         "f1": last.get("f1"),

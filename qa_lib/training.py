@@ -9,6 +9,7 @@ One loop serves both fine-tuning for QA (:func:`train_qa`) and continued MLM pre
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
+from accelerate.utils import DataLoaderConfiguration
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
@@ -201,7 +203,9 @@ def get_accelerator(mixed_precision: str = "auto") -> Accelerator:
                 f"precision per process; to switch to {precision!r} call qa_lib.training.reset_accelerator() first "
                 "(or restart the kernel)"
             )
-    return Accelerator(mixed_precision=precision)
+    # split_batches: fit() splits each batch across processes itself, so the scheduler must advance once per
+    # optimizer step; without it Accelerate advances it once per process (it assumes one batch per process).
+    return Accelerator(mixed_precision=precision, dataloader_config=DataLoaderConfiguration(split_batches=True))
 
 
 def reset_accelerator() -> None:
@@ -249,6 +253,34 @@ def accumulation_group_size(index: int, batches_in_epoch: int, accumulation: int
     its gradient is the mean over the batches it holds, not over ``accumulation``."""
     group_start = index - index % accumulation
     return min(accumulation, batches_in_epoch - group_start)
+
+
+def process_rows(batch_size: int, rank: int, processes: int) -> tuple[list[int], float]:
+    """The rows of a batch that process ``rank`` trains on, and the weight of its mean loss.
+
+    Every process takes every ``processes``-th row; weighting each process's mean loss by its share
+    makes the mean that distributed training takes over processes the mean over the whole batch, as
+    in one process. A process left without rows repeats the first with weight 0: all must take part
+    in every gradient exchange."""
+    rows = list(range(rank, batch_size, processes))
+    if not rows:
+        return [0], 0.0
+    return rows, len(rows) * processes / batch_size
+
+
+def process_collate(collate: Callable[[list], dict], seed: int, epoch: int, first: int, rank: int, processes: int):
+    """``collate`` for one process of several: the whole batch, padded as one process pads it, then its rows.
+
+    The random state is reseeded from (seed, epoch, batch, rank) before each batch, so the masks that a
+    collator draws and the dropout of the step that follows are the same again in a resumed run."""
+    batch_numbers = itertools.count(first)
+
+    def collate_rows(rows: list) -> dict:
+        torch.manual_seed(hash((seed, epoch, next(batch_numbers), rank)) % 2**63)
+        take, _ = process_rows(len(rows), rank, processes)
+        return {key: value[take] for key, value in collate(rows).items()}
+
+    return collate_rows
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -313,6 +345,10 @@ def fit(
     ``resume=True`` continues from the newest intact one. Each step's history records the learning
     rate that step used and the mean loss of its accumulation group. Ctrl-C stops at the end of a
     step, saves a checkpoint and raises :class:`TrainingInterrupted`.
+
+    Under ``accelerate launch`` with several processes, each process trains on its share of every
+    batch (:func:`process_rows`; gradients are averaged by DDP), and only the main process writes
+    checkpoints, shows progress, logs and evaluates (so every evaluation window counts once).
     """
     accelerator = get_accelerator(config.mixed_precision)
     model.to(accelerator.device)  # before the optimizer, so that make_optimizer picks the fused CUDA kernel
@@ -324,6 +360,7 @@ def fit(
     total_steps = min(steps_per_epoch * config.epochs, config.max_steps or float("inf"))
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    processes, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
 
     history, progress = {"epochs": [], "steps": []}, {"step": 0, "epoch": 0, "batches_done": 0}
     checkpoint = resumable_checkpoint(output_dir) if (resume and output_dir) else None
@@ -332,7 +369,8 @@ def fit(
         history = progress.pop("history")
         if accelerator.scaler is not None and "scaler" in progress:
             accelerator.scaler.load_state_dict(progress.pop("scaler"))
-        log.info("resumed from %s at step %d", checkpoint, progress["step"])
+        if main:
+            log.info("resumed from %s at step %d", checkpoint, progress["step"])
 
     def save(epoch: int, batches_done: int) -> Path | None:
         if not output_dir:
@@ -341,9 +379,17 @@ def fit(
         if accelerator.scaler is not None:  # fp16 loss scale
             state["scaler"] = accelerator.scaler.state_dict()
         folder = Path(output_dir) / f"{CHECKPOINT_PREFIX}{progress['step']}"
-        save_checkpoint(folder, accelerator.unwrap_model(model), tokenizer, optimizer, scheduler, state)
-        prune_checkpoints(output_dir, progress["step"], config.keep_checkpoints)
+        if main:  # the weights and optimizer states are the same in every process
+            save_checkpoint(folder, accelerator.unwrap_model(model), tokenizer, optimizer, scheduler, state)
+            prune_checkpoints(output_dir, progress["step"], config.keep_checkpoints)
+        accelerator.wait_for_everyone()
         return folder
+
+    def stop_requested() -> bool:
+        """Whether Ctrl-C reached any process: all must stop after the same step."""
+        if processes == 1:
+            return ctrl_c.requested
+        return accelerator.reduce(torch.tensor(float(ctrl_c.requested), device=accelerator.device), "sum").item() > 0
 
     def optimizer_step(group_losses: list[float]) -> dict:
         used_lr = scheduler.get_last_lr()[0]  # after scheduler.step() it would be the next step's rate
@@ -362,17 +408,27 @@ def fit(
             # Its own generator: creating a loader must not consume the global RNG that dropout uses,
             # or a resumed run would drift from an uninterrupted one.
             generator = torch.Generator().manual_seed(config.seed + epoch)
-            loader = DataLoader(dataset, batch_sampler=epoch_batches[skip:], collate_fn=collate, generator=generator)
+            collate_fn = (
+                collate if processes == 1 else process_collate(collate, config.seed, epoch, skip, rank, processes)
+            )
+            loader = DataLoader(dataset, batch_sampler=epoch_batches[skip:], collate_fn=collate_fn, generator=generator)
             means, seen, rate, started = RunningMeans(), 0, 0.0, time.perf_counter()
-            bar = tqdm(loader, desc=f"{description} epoch {epoch + 1}/{config.epochs}", total=len(epoch_batches) - skip)
+            bar = tqdm(
+                loader,
+                desc=f"{description} epoch {epoch + 1}/{config.epochs}",
+                total=len(epoch_batches) - skip,
+                disable=not main,
+            )
             model.train()
             finished, group_losses = len(epoch_batches), []
             for index, batch in enumerate(bar, start=skip):
                 batch = {key: value.to(accelerator.device) for key, value in batch.items()}
                 outputs = model(**batch)
                 group_size = accumulation_group_size(index, len(epoch_batches), config.gradient_accumulation_steps)
-                accelerator.backward(outputs.loss / group_size)
-                metrics = {"loss": outputs.loss.item(), **(batch_metrics(batch, outputs) if batch_metrics else {})}
+                _, weight = process_rows(len(epoch_batches[index]), rank, processes)
+                accelerator.backward(outputs.loss * weight / group_size)
+                batch_loss = accelerator.reduce(outputs.loss.detach() * weight, "mean").item()  # the whole batch's
+                metrics = {"loss": batch_loss, **(batch_metrics(batch, outputs) if batch_metrics else {})}
                 means.add(metrics)
                 group_losses.append(metrics["loss"])
                 seen += len(batch["input_ids"])
@@ -382,7 +438,7 @@ def fit(
                     saved = None
                     if config.save_every_steps and progress["step"] % config.save_every_steps == 0:
                         saved = save(epoch, index + 1)
-                    if ctrl_c.requested:
+                    if stop_requested():
                         raise TrainingInterrupted(progress["step"], saved or save(epoch, index + 1))
                 rate = seen / (time.perf_counter() - started)
                 bar.set_postfix({**{k: f"{v:.3f}" for k, v in means.means().items()}, "samples/s": f"{rate:.1f}"})
@@ -392,18 +448,20 @@ def fit(
             last_lr = history["steps"][-1]["lr"] if history["steps"] else scheduler.get_last_lr()[0]
             record = {"epoch": epoch + 1, **means.means(), "lr": last_lr, "samples_per_s": rate}
             record["seconds"] = time.perf_counter() - started
-            if evaluate is not None:
+            if evaluate is not None and main:
                 record.update(evaluate(accelerator.unwrap_model(model)))
+            accelerator.wait_for_everyone()
             history["epochs"].append(record)
             progress["batches_done"] = 0
-            log.info("epoch %d: %s", epoch + 1, record)
+            if main:
+                log.info("epoch %d: %s", epoch + 1, record)
             complete = finished == len(epoch_batches)
             saved = save(epoch + 1, 0) if complete else save(epoch, finished)
-            if ctrl_c.requested:  # pressed during the evaluation
+            if stop_requested():  # pressed during the evaluation
                 raise TrainingInterrupted(progress["step"], saved)
             if not complete or (config.max_steps and progress["step"] >= config.max_steps):
                 break
-    if output_dir:
+    if output_dir and main:
         Path(output_dir, "history.json").write_text(json.dumps(history, indent=1), encoding="utf-8")
     return history
 

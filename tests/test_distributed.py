@@ -1,0 +1,67 @@
+"""Training under `accelerate launch` with two CPU processes (gloo): the same steps as one process."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from distributed_training import EVAL_EXAMPLES, NO_DROPOUT, TRAIN_EXAMPLES
+from test_training import smoke_model
+
+from qa_lib.training import preset, train_qa
+
+TESTS = Path(__file__).resolve().parent
+
+
+def history(folder: Path) -> dict:
+    return json.loads((folder / "history.json").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def two_process_runs(tmp_path_factory) -> Path:
+    output_dir = tmp_path_factory.mktemp("distributed")
+    # --multi_gpu starts the processes with torchrun and ACCELERATE_USE_CPU puts them on CPU with gloo
+    # (`--cpu --num_processes 2` starts one process unless MPI is installed). No GPU is used even where
+    # there is one: the runs are compared with CPU numbers.
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    environment = {**os.environ, "ACCELERATE_USE_CPU": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(TESTS.parent)}
+    run = subprocess.run(
+        [*launch, str(TESTS / "distributed_training.py"), str(output_dir)],
+        env=environment,
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr[-5000:]
+    (output_dir / "launch.log").write_text(run.stderr, encoding="utf-8")
+    return output_dir
+
+
+def test_two_processes_reach_the_losses_and_scores_of_one(two_process_runs, offline_tokenizer):
+    config = preset("smoke", model_overrides=NO_DROPOUT)
+    one = train_qa(
+        smoke_model(offline_tokenizer, config), offline_tokenizer, TRAIN_EXAMPLES, config, eval_examples=EVAL_EXAMPLES
+    )
+    two = history(two_process_runs / "plain")
+    assert [s["step"] for s in two["steps"]] == [s["step"] for s in one["steps"]] == list(range(1, 7))
+    assert [s["loss"] for s in two["steps"]] == pytest.approx([s["loss"] for s in one["steps"]], rel=1e-4)
+    assert [s["lr"] for s in two["steps"]] == pytest.approx([s["lr"] for s in one["steps"]])
+    for score in ("em", "f1", "loss"):
+        assert two["epochs"][-1][score] == pytest.approx(one["epochs"][-1][score], rel=1e-4, abs=1e-6)
+
+
+def test_two_processes_resume_to_the_same_losses(two_process_runs):
+    straight, resumed = history(two_process_runs / "straight"), history(two_process_runs / "resumed")
+    assert [s["step"] for s in resumed["steps"]] == list(range(1, 7))
+    assert [s["loss"] for s in resumed["steps"]] == pytest.approx([s["loss"] for s in straight["steps"]], abs=1e-6)
+    assert sorted(p.name for p in (two_process_runs / "straight").iterdir()) == [
+        "history.json", "step-2", "step-4", "step-6"
+    ]  # fmt: skip
+
+
+def test_only_the_main_process_logs(two_process_runs):
+    log = (two_process_runs / "launch.log").read_text(encoding="utf-8")
+    assert log.count("qa_lib.training: epoch 1:") == 3  # three trainings, one line each
+    assert log.count("qa_lib.training: resumed from") == 1
