@@ -44,9 +44,14 @@ def command_evaluate(args) -> dict:
     return {key: round(value, 3) if isinstance(value, float) else value for key, value in scores.items()}
 
 
-def command_train(args) -> dict:
-    from accelerate import PartialState
+def is_main_process() -> bool:
+    """False in the processes after the first that `accelerate launch` (torchrun) starts: they set RANK.
 
+    Read from the environment because it is needed before training creates Accelerate's state."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def command_train(args) -> dict:
     from .data import load_squad
     from .metric import read_references
     from .training import preset, same_seeds, train_qa
@@ -75,7 +80,7 @@ def command_train(args) -> dict:
         resume=args.resume,
     )
     final = Path(args.output_dir) / "final"
-    if PartialState().is_main_process:  # under `accelerate launch` every process holds the same model
+    if is_main_process():  # under `accelerate launch` every process holds the same model
         model.save_pretrained(final)
         tokenizer.save_pretrained(final)
         print(f"model saved to {final}; scores from the {args.eval or 'no'} split are printed as measured")
@@ -216,9 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
+    main_process = is_main_process()  # under `accelerate launch` the other processes stay quiet
+    level = (logging.DEBUG if args.verbose else logging.INFO) if main_process else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "predict" and (args.question is None) == (args.data is None):
         print("qa-kit predict: give either --data FILE or --question Q --context C", file=sys.stderr)
         return 2
@@ -239,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         resume_hint = " (continue with --resume)" if getattr(interrupt, "checkpoint", None) else ""
         print(f"qa-kit {args.command}: {str(interrupt) or 'interrupted'}{resume_hint}", file=sys.stderr)
         return 130
-    if args.json or args.command == "evaluate":
+    if main_process and (args.json or args.command == "evaluate"):
         print(json.dumps(result, ensure_ascii=False))
     return 0
 

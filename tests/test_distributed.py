@@ -10,6 +10,7 @@ import pytest
 from distributed_training import EVAL_EXAMPLES, NO_DROPOUT, TRAIN_EXAMPLES
 from test_training import smoke_model
 
+from qa_lib.cli import main
 from qa_lib.training import preset, train_qa
 
 TESTS = Path(__file__).resolve().parent
@@ -65,3 +66,19 @@ def test_only_the_main_process_logs(two_process_runs):
     log = (two_process_runs / "launch.log").read_text(encoding="utf-8")
     assert log.count("qa_lib.training: epoch 1:") == 3  # three trainings, one line each
     assert log.count("qa_lib.training: resumed from") == 1
+
+
+def test_the_command_prints_and_saves_the_final_model_only_in_the_first_process(tmp_path, capsys, monkeypatch):
+    squad = {"data": [{"title": "", "paragraphs": [{"context": TRAIN_EXAMPLES[0].context, "qas": [{
+        "id": "q", "question": TRAIN_EXAMPLES[0].question,
+        "answers": [{"text": TRAIN_EXAMPLES[0].answers[0].text, "answer_start": TRAIN_EXAMPLES[0].answers[0].start}],
+    }]}]}]}  # fmt: skip
+    (tmp_path / "train.json").write_text(json.dumps(squad, ensure_ascii=False), encoding="utf-8")
+    arguments = ["train", "--preset", "smoke", "--train", str(tmp_path / "train.json"), "--json"]
+    monkeypatch.setenv("RANK", "1")  # what torchrun sets in the second process
+    assert main([*arguments, "--output-dir", str(tmp_path / "second")]) == 0
+    assert capsys.readouterr().out == "" and not (tmp_path / "second" / "final").exists()
+    monkeypatch.setenv("RANK", "0")
+    assert main([*arguments, "--output-dir", str(tmp_path / "first")]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["loss"] > 0
+    assert (tmp_path / "first" / "final" / "model.safetensors").is_file()
