@@ -242,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as interrupt:  # training stops at a step end and saves first (TrainingInterrupted)
         resume_hint = " (continue with --resume)" if getattr(interrupt, "checkpoint", None) else ""
-        print(f"qa-kit {args.command}: {str(interrupt) or 'interrupted'}{resume_hint}", file=sys.stderr)
+        if main_process:
+            print(f"qa-kit {args.command}: {str(interrupt) or 'interrupted'}{resume_hint}", file=sys.stderr)
         return 130
     if main_process and (args.json or args.command == "evaluate"):
         print(json.dumps(result, ensure_ascii=False))

@@ -299,8 +299,13 @@ class StopAtStepEnd:
     updated, and a checkpoint saved then would not match any step; a second Ctrl-C stops at once.
     Installed only where Python's own handler is active (the main thread; Jupyter kernels too)."""
 
+    # A terminal's Ctrl-C reaches every process of a launch, and torchrun forwards it once more:
+    # a second signal this soon after the first is the same key press.
+    SAME_PRESS_SECONDS = 1.0
+
     def __init__(self):
         self.requested = False
+        self.requested_at = 0.0
         self.previous = None
 
     def __enter__(self) -> StopAtStepEnd:
@@ -310,9 +315,11 @@ class StopAtStepEnd:
         return self
 
     def request(self, signum, frame) -> None:
-        if self.requested:
+        if self.requested and time.monotonic() - self.requested_at > self.SAME_PRESS_SECONDS:
             raise KeyboardInterrupt
-        self.requested = True
+        if self.requested:
+            return
+        self.requested, self.requested_at = True, time.monotonic()
         log.warning("Ctrl-C: stopping after this optimizer step, with a checkpoint if there is an output_dir")
 
     def __exit__(self, *exception) -> None:

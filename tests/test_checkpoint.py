@@ -11,12 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
-from test_training import birth_year_examples, smoke_model
+from test_training import birth_year_examples, smoke_model, squad_json
 
 from qa_lib.checkpoint import MANIFEST, PAUSE_SAVE_VARIABLE, CheckpointError, checkpoint_problem, prune_checkpoints
 from qa_lib.cli import main
 from qa_lib.data import load_squad
-from qa_lib.training import TrainingInterrupted, preset, train_qa
+from qa_lib.training import StopAtStepEnd, TrainingInterrupted, preset, train_qa
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECKPOINT_FILES = (
@@ -33,22 +33,8 @@ CHECKPOINT_FILES = (
 
 @pytest.fixture(scope="module")
 def squad_file(tmp_path_factory) -> Path:
-    examples = birth_year_examples(30)
-    paragraphs = [
-        {
-            "context": example.context,
-            "qas": [
-                {
-                    "id": example.id,
-                    "question": example.question,
-                    "answers": [{"text": answer.text, "answer_start": answer.start} for answer in example.answers],
-                }
-            ],
-        }
-        for example in examples
-    ]
     path = tmp_path_factory.mktemp("data") / "train.json"
-    path.write_text(json.dumps({"data": [{"title": "", "paragraphs": paragraphs}]}, ensure_ascii=False), "utf-8")
+    path.write_text(json.dumps(squad_json(birth_year_examples(30)), ensure_ascii=False), "utf-8")
     return path
 
 
@@ -79,22 +65,25 @@ def assert_same_losses(resumed_dir: Path, straight_dir: Path) -> None:
     assert [loss for _, loss in resumed] == pytest.approx([loss for _, loss in straight], abs=1e-6)
 
 
-def start_training_that_pauses_in_save(squad_file: Path, output_dir: Path, checkpoint: str) -> subprocess.Popen:
-    """`qa-kit train` in a subprocess, held half-way through saving ``checkpoint`` (see PAUSE_SAVE_VARIABLE)."""
-    environment = {**os.environ, PAUSE_SAVE_VARIABLE: checkpoint, "PYTHONPATH": str(ROOT)}
+def start_paused_in_save(
+    command: list[str], output_dir: Path, checkpoint: str, environment: dict | None = None, **popen
+) -> subprocess.Popen:
+    """Run ``command`` (a training into ``output_dir``) until it is held half-way through saving ``checkpoint``."""
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), **(environment or {}), PAUSE_SAVE_VARIABLE: checkpoint}
     process = subprocess.Popen(
-        [sys.executable, "-m", "qa_lib.cli", *train_arguments(squad_file, output_dir)],
-        env=environment,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen
     )
     deadline = time.monotonic() + 180
     while not (output_dir / "save-paused").exists():
-        assert process.poll() is None, process.communicate()[1]
+        assert process.poll() is None, process.communicate()[1][-5000:]
         assert time.monotonic() < deadline, "training never reached the paused save"
         time.sleep(0.1)
     return process
+
+
+def start_training_that_pauses_in_save(squad_file: Path, output_dir: Path, checkpoint: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "qa_lib.cli", *train_arguments(squad_file, output_dir)]
+    return start_paused_in_save(command, output_dir, checkpoint)
 
 
 def test_a_checkpoint_lists_every_file_with_size_hash_and_versions(straight_run):
@@ -232,7 +221,8 @@ def test_ctrl_c_in_process_stops_after_the_current_step(offline_tokenizer, tmp_p
 
     def accuracy_that_presses_ctrl_c(predicted, gold):
         calls.append(1)
-        if len(calls) == 3:  # in batch 2, before its optimizer step
+        if len(calls) == 3:  # in batch 2, before its optimizer step; twice, as torchrun forwards Ctrl-C
+            os.kill(os.getpid(), signal.SIGINT)
             os.kill(os.getpid(), signal.SIGINT)
         return 0.0
 
@@ -248,3 +238,14 @@ def test_ctrl_c_in_process_stops_after_the_current_step(offline_tokenizer, tmp_p
     assert interrupted.value.step == 2 and interrupted.value.checkpoint == tmp_path / "step-2"
     state = json.loads((tmp_path / "step-2" / "trainer_state.json").read_text(encoding="utf-8"))
     assert state["progress"]["step"] == 2 and state["progress"]["batches_done"] == 2
+
+
+def test_a_second_ctrl_c_later_stops_at_once(monkeypatch):
+    clock = iter([100.0, 100.5, 102.0])
+    monkeypatch.setattr(time, "monotonic", lambda: next(clock))
+    with StopAtStepEnd() as ctrl_c:
+        ctrl_c.request(signal.SIGINT, None)
+        ctrl_c.request(signal.SIGINT, None)  # half a second later: the same key press, forwarded
+        assert ctrl_c.requested
+        with pytest.raises(KeyboardInterrupt):
+            ctrl_c.request(signal.SIGINT, None)

@@ -35,6 +35,24 @@ def birth_year_examples(count, seed=0):
     return examples
 
 
+def squad_json(examples) -> dict:
+    """``examples`` in the SQuAD format that ``qa-kit train --train FILE`` reads."""
+    paragraphs = [
+        {
+            "context": example.context,
+            "qas": [
+                {
+                    "id": example.id,
+                    "question": example.question,
+                    "answers": [{"text": answer.text, "answer_start": answer.start} for answer in example.answers],
+                }
+            ],
+        }
+        for example in examples
+    ]
+    return {"data": [{"title": "", "paragraphs": paragraphs}]}
+
+
 def smoke_model(tokenizer, config):
     same_seeds(config.seed)
     return load_qa_model("offline-tiny", tokenizer, **config.model_overrides)
