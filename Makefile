@@ -1,13 +1,15 @@
 # Two commands for a fresh machine: `make demo` and `make test`.
 # Both create .venv when it is missing and install the kit into it.
 #
-# CPU machines install torch==$(TORCH_VERSION) first (a CPU build here; a bare `pip install torch`
-# would pull a multi-GB CUDA build). GPU users: install the CUDA build for your driver into .venv
-# first (see README), then run make; pip keeps the torch that is already there.
+# torch==$(TORCH_VERSION) is installed first, from TORCH_INDEX_URL when it is set, else from pip's own
+# configuration. Which build that gives depends on the index: stock PyPI serves the multi-GB CUDA build
+# on Linux, so a CPU-only Linux machine sets TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu and a
+# CUDA machine .../whl/cu126 (or the cuXXX matching its driver). pip keeps a torch already in .venv.
 
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_VERSION ?= 2.13.0
+TORCH_INDEX_URL ?=
 BIN := $(VENV)/bin
 SHARED_DATA ?= ../shared/data
 
@@ -24,7 +26,7 @@ export TOKENIZERS_PARALLELISM ?= false
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)) torch==$(TORCH_VERSION)
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	# Build matplotlib's font cache now: its one-time notice goes to stderr, which would zero a graded cell.

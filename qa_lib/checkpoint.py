@@ -6,22 +6,45 @@ A checkpoint folder holds the model and tokenizer (``save_pretrained``, safetens
 optimizer's tensors (safetensors) and its hyper-parameters (JSON), the scheduler state, the
 random number generator states and the step counter (JSON). ``torch.load`` is never called, so
 loading a checkpoint cannot execute code hidden in a pickle.
+
+Crash safety: a checkpoint is written into a hidden ``.incomplete-step-N`` folder and renamed to
+``step-N`` only once every file and ``manifest.json`` (sizes, sha256, versions) are on disk, so a
+killed process or a full Drive leaves no half-written ``step-N``. Resuming checks each candidate
+against its manifest, newest first, and takes the newest that passes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import random
+import shutil
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
+import transformers
 from safetensors.torch import load_file, save_file
 
+from . import __version__
 from .models import no_progress_bars
 
+log = logging.getLogger(__name__)
+
 CHECKPOINT_PREFIX = "step-"
+INCOMPLETE_PREFIX = ".incomplete-"  # a save in progress, or one that a crash interrupted
+MANIFEST = "manifest.json"
+REQUIRED_FILES = ("model.safetensors", "optimizer.safetensors", "rng.safetensors", "trainer_state.json")
+# Test hook: with this set to a checkpoint name (step-4), saving it stops half-way until the file
+# ``save-paused`` that it creates next to the checkpoints is deleted, so a test can kill it mid-save.
+PAUSE_SAVE_VARIABLE = "QA_KIT_TEST_PAUSE_SAVE"
+
+
+class CheckpointError(RuntimeError):
+    """Resuming was asked for, but no checkpoint in the folder is complete and intact."""
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -69,21 +92,74 @@ def restore_rng(tensors: dict[str, torch.Tensor], rest: dict) -> None:
 
 
 def save_checkpoint(folder: str | os.PathLike, model, tokenizer, optimizer, scheduler, progress: dict) -> Path:
-    """Save everything needed to continue training; ``progress`` holds step/epoch counters (JSON)."""
+    """Save everything needed to continue training; ``progress`` holds step/epoch counters (JSON).
+
+    The files go to a hidden temporary folder, renamed to ``folder`` once complete (see the module)."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder.with_name(INCOMPLETE_PREFIX + folder.name)
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
     with no_progress_bars():
-        model.save_pretrained(folder)
+        model.save_pretrained(partial)
+    pause_if_a_test_asks(partial, folder.name)
     if tokenizer is not None:
-        tokenizer.save_pretrained(folder)
+        tokenizer.save_pretrained(partial)
     opt_tensors, opt_rest = optimizer_tensors(optimizer)
-    save_file(opt_tensors, folder / "optimizer.safetensors")
+    save_file(opt_tensors, partial / "optimizer.safetensors")
     rng_tensors, rng_rest = rng_state()
-    save_file(rng_tensors, folder / "rng.safetensors")
+    save_file(rng_tensors, partial / "rng.safetensors")
     state = {"optimizer": opt_rest, "scheduler": scheduler.state_dict(), "rng": rng_rest, "progress": progress}
-    # Written last: a folder without trainer_state.json is an interrupted save and is ignored.
-    (folder / "trainer_state.json").write_text(json.dumps(state), encoding="utf-8")
+    (partial / "trainer_state.json").write_text(json.dumps(state), encoding="utf-8")
+    write_manifest(partial, progress.get("step"))
+    move_into_place(partial, folder)
     return folder
+
+
+def pause_if_a_test_asks(partial: Path, name: str) -> None:
+    if os.environ.get(PAUSE_SAVE_VARIABLE) != name:
+        return
+    marker = partial.parent / "save-paused"
+    marker.touch()
+    while marker.exists():
+        time.sleep(0.05)
+
+
+def write_manifest(folder: Path, step: int | None) -> None:
+    """List every file with its size and sha256, flushed to disk first: the manifest vouches for them."""
+    files = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())
+        files[path.relative_to(folder).as_posix()] = {"bytes": path.stat().st_size, "sha256": sha256_of(path)}
+    manifest = {
+        "step": step,
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "qa_lib": __version__},
+        "files": files,
+    }
+    with open(folder / MANIFEST, "w", encoding="utf-8") as handle:
+        json.dump(manifest, handle, indent=1)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def move_into_place(partial: Path, folder: Path) -> None:
+    """Rename the finished ``partial`` to ``folder``; an older save of the same step is replaced."""
+    if folder.exists():  # the epoch-end save of a step that save_every_steps saved already
+        replaced = folder.with_name(f"{INCOMPLETE_PREFIX}replaced-{folder.name}")
+        shutil.rmtree(replaced, ignore_errors=True)
+        folder.rename(replaced)
+        partial.rename(folder)
+        shutil.rmtree(replaced)
+    else:
+        partial.rename(folder)
 
 
 def load_checkpoint(folder: str | os.PathLike, model, optimizer, scheduler) -> dict:
@@ -111,11 +187,76 @@ def shared_parameter_names(model) -> set[str]:
     return {name for names in names_by_storage.values() if len(names) > 1 for name in names}
 
 
-def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
-    """The complete checkpoint with the highest step under ``output_dir``, if any."""
-    folders = [
-        f
-        for f in Path(output_dir).glob(f"{CHECKPOINT_PREFIX}*")
-        if (f / "trainer_state.json").is_file() and f.name[len(CHECKPOINT_PREFIX) :].isdigit()
-    ]
-    return max(folders, key=lambda f: int(f.name[len(CHECKPOINT_PREFIX) :]), default=None)
+def checkpoint_step(folder: Path) -> int | None:
+    """N for ``step-N`` and ``.incomplete-step-N``; None for other names."""
+    name = folder.name.removeprefix(INCOMPLETE_PREFIX)
+    number = name.removeprefix(CHECKPOINT_PREFIX)
+    return int(number) if name.startswith(CHECKPOINT_PREFIX) and number.isdigit() else None
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why ``folder`` cannot be resumed from, or None when every file matches its manifest."""
+    if folder.name.startswith(INCOMPLETE_PREFIX):
+        return "interrupted while saving"
+    try:
+        files = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))["files"]
+        expected = {name: (int(entry["bytes"]), str(entry["sha256"])) for name, entry in files.items()}
+    except FileNotFoundError:
+        return f"no {MANIFEST}: saved by a qa_lib older than manifests, or not by qa_lib"
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        return f"{MANIFEST}: unreadable, {type(error).__name__}"
+    for name in REQUIRED_FILES:
+        if name not in expected:
+            return f"{name}: not in {MANIFEST}"
+    for name, (size, sha256) in expected.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name}: missing"
+        actual = path.stat().st_size
+        if actual < size:
+            return f"{name}: truncated, {actual} of {size} bytes"
+        if actual != size:
+            return f"{name}: {actual} bytes, {size} in {MANIFEST}"
+        if sha256_of(path) != sha256:
+            return f"{name}: corrupted, its sha256 differs from {MANIFEST}"
+    return None
+
+
+def checkpoint_folders(output_dir: str | os.PathLike) -> list[Path]:
+    """``step-N`` and ``.incomplete-step-N`` folders under ``output_dir``, newest step first."""
+    folders = [f for f in Path(output_dir).glob("*") if f.is_dir() and checkpoint_step(f) is not None]
+    return sorted(folders, key=lambda f: (checkpoint_step(f), not f.name.startswith(INCOMPLETE_PREFIX)), reverse=True)
+
+
+def resumable_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    """The newest complete and intact checkpoint under ``output_dir``; None when there is none at all.
+
+    Logs in one line which newer ones it skipped and why; raises :class:`CheckpointError` when
+    checkpoints exist but none is usable."""
+    skipped = []
+    for folder in checkpoint_folders(output_dir) if Path(output_dir).is_dir() else []:
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            if skipped:
+                log.warning("resuming from %s; skipped %s", folder.name, "; ".join(f"{n} ({p})" for n, p in skipped))
+            return folder
+        skipped.append((folder.name.removeprefix(INCOMPLETE_PREFIX), problem))
+    if skipped:
+        reasons = "; ".join(f"{name} is unusable ({problem})" for name, problem in skipped)
+        raise CheckpointError(f"no usable checkpoint in {output_dir}: {reasons}; train without resume to start afresh")
+    return None
+
+
+def prune_checkpoints(output_dir: str | os.PathLike, current_step: int, keep: int | None) -> None:
+    """Keep the ``keep`` newest checkpoints up to ``current_step`` (None keeps all).
+
+    Checkpoints of later steps belong to a run that was resumed from an earlier step, and leftovers
+    of interrupted saves are unusable: both are removed too."""
+    if keep is None:
+        return
+    kept = 0
+    for folder in checkpoint_folders(output_dir):
+        if folder.name.startswith(INCOMPLETE_PREFIX) or checkpoint_step(folder) > current_step or kept >= keep:
+            shutil.rmtree(folder)
+        else:
+            kept += 1

@@ -3,7 +3,8 @@
 Every sub-command turns a user's mistake (a missing, unreadable or mis-encoded file, a folder in place of a
 file, a wrong JSON shape, an unknown split or preset, a model that cannot be loaded offline) into one line on
 stderr naming the file and the problem, with exit status 2. A traceback means a bug in the kit (``--debug``
-shows one for user mistakes too).
+shows one for user mistakes too). Ctrl-C ends with a one-line message and exit status 130 (training
+saves a checkpoint first).
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ class UsageError(ValueError):
 
 def user_error_types() -> tuple[type[Exception], ...]:
     """The exceptions that mean a user's mistake rather than a bug in the kit (imported late: startup speed)."""
+    from .checkpoint import CheckpointError
     from .data import DataFormatError, DataUnavailable
     from .models import ModelFilesMissing
 
-    return UsageError, DataFormatError, DataUnavailable, ModelFilesMissing
+    return UsageError, DataFormatError, DataUnavailable, ModelFilesMissing, CheckpointError
 
 
 def one_line(error: BaseException) -> str:
@@ -51,15 +53,21 @@ def command_evaluate(args) -> dict:
     return {key: round(value, 3) if isinstance(value, float) else value for key, value in scores.items()}
 
 
+def is_main_process() -> bool:
+    """False in the processes after the first that `accelerate launch` (torchrun) starts: they set RANK.
+
+    Read from the environment because it is needed before training creates Accelerate's state."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def command_train(args) -> dict:
     from .data import load_squad, resolve_data
     from .training import PRESETS, preset, same_seeds, train_qa
 
     if args.preset not in PRESETS:
         raise UsageError(f"--preset {args.preset}: no such preset; choose one of {', '.join(sorted(PRESETS))}")
-    overrides = {
-        key: value for key, value in (("epochs", args.epochs), ("max_steps", args.max_steps)) if value is not None
-    }
+    options = ("epochs", "max_steps", "save_every_steps", "keep_checkpoints")
+    overrides = {key: getattr(args, key) for key in options if getattr(args, key) is not None}
     config = preset(args.preset, **({"model": args.model} if args.model else {}), **overrides)
     train_examples, report = load_squad(resolve_data(args.train))
     logging.getLogger(__name__).info(report.summary())
@@ -78,11 +86,12 @@ def command_train(args) -> dict:
         resume=args.resume,
     )
     final = Path(args.output_dir) / "final"
-    model.save_pretrained(final)
-    tokenizer.save_pretrained(final)
+    if is_main_process():  # under `accelerate launch` every process holds the same model
+        model.save_pretrained(final)
+        tokenizer.save_pretrained(final)
+        measured = f"scores on {args.eval} are printed as measured" if args.eval else "not evaluated (no --eval file)"
+        print(f"model saved to {final}; {measured}")
     last = history["epochs"][-1] if history["epochs"] else {}
-    measured = f"scores on {args.eval} are printed as measured" if args.eval else "not evaluated (no --eval file)"
-    print(f"model saved to {final}; {measured}")
     return {
         "em": last.get("em"),
         "f1": last.get("f1"),
@@ -191,7 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--output-dir", default="runs/train")
     train.add_argument("--epochs", type=int)
     train.add_argument("--max-steps", type=int)
-    train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
+    train.add_argument("--save-every-steps", type=int, help="also save a checkpoint every N optimizer steps")
+    train.add_argument("--keep-checkpoints", type=int, help="keep the newest N checkpoints (default 2)")
+    train.add_argument(
+        "--resume", action="store_true", help="continue from the newest intact checkpoint in --output-dir"
+    )
     train.set_defaults(run=command_train)
 
     predict = commands.add_parser("predict", help="answer questions with a trained model")
@@ -245,9 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
+    main_process = is_main_process()  # under `accelerate launch` the other processes stay quiet
+    level = (logging.DEBUG if args.verbose else logging.INFO) if main_process else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
         check_predict_options(args)
         result = args.run(args)
@@ -257,7 +270,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"qa-kit {args.command}: {one_line(error)}", file=sys.stderr)
         return 2
-    if args.json or args.command == "evaluate":
+    except KeyboardInterrupt as interrupt:  # training stops at a step end and saves first (TrainingInterrupted)
+        resume_hint = " (continue with --resume)" if getattr(interrupt, "checkpoint", None) else ""
+        if main_process:
+            print(f"qa-kit {args.command}: {str(interrupt) or 'interrupted'}{resume_hint}", file=sys.stderr)
+        return 130
+    if main_process and (args.json or args.command == "evaluate"):
         print(json.dumps(result, ensure_ascii=False))
     return 0
 

@@ -9,10 +9,13 @@ One loop serves both fine-tuning for QA (:func:`train_qa`) and continued MLM pre
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
 import random
+import signal
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -22,13 +25,20 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
+from accelerate.utils import DataLoaderConfiguration
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from . import decoding
 from .batching import LengthGroupedBatches, WindowDataset, pad_batch
-from .checkpoint import CHECKPOINT_PREFIX, latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    CHECKPOINT_PREFIX,
+    load_checkpoint,
+    prune_checkpoints,
+    resumable_checkpoint,
+    save_checkpoint,
+)
 from .data import QAExample, references_of
 from .features import keep_answerless_windows, prepare_eval_features, prepare_train_features
 from .metric import corpus_scores
@@ -52,10 +62,11 @@ class TrainConfig:
     epochs: int = 2
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
-    mixed_precision: str = "auto"  # auto: bf16 where supported, fp16 on older CUDA GPUs, off on CPU
+    mixed_precision: str = "auto"  # auto: bf16 on CUDA sm_80+, fp16 on older CUDA GPUs, off on CPU and MPS
     seed: int = 0
     group_by_length: bool = True
     save_every_steps: int | None = 500
+    keep_checkpoints: int | None = 2  # the newest K step-* folders are kept; None keeps all
     max_steps: int | None = None  # stop early (smoke runs)
     eval_batch_size: int = 32
     max_answer_length: int = decoding.DEFAULT_MAX_ANSWER_LENGTH
@@ -129,17 +140,50 @@ def same_seeds(seed: int) -> None:
     torch.backends.cudnn.deterministic = True
 
 
-def resolve_mixed_precision(requested: str) -> str:
-    """``auto`` -> bf16 on GPUs that support it, fp16 on older CUDA GPUs (Colab's T4), else off.
+# Ampere (sm_80) is the first NVIDIA generation with bf16 tensor cores. torch.cuda.is_bf16_supported() also
+# says yes on a T4 (sm_75), where bf16 is emulated and slower than fp32, so the capability decides instead.
+NATIVE_BF16_CAPABILITY = (8, 0)
 
-    fp16 without CUDA would silently run in fp32, so it is refused rather than pretended."""
+
+def detect_device() -> tuple[str, tuple[int, int] | None]:
+    """The device Accelerate trains on: ``("cuda", compute capability)``, ``("mps", None)`` or ``("cpu", None)``."""
+    if torch.cuda.is_available():
+        return "cuda", tuple(torch.cuda.get_device_capability())
+    if torch.backends.mps.is_available():
+        return "mps", None
+    return "cpu", None
+
+
+def auto_precision(device: str, capability: tuple[int, int] | None) -> str:
+    """What ``auto`` means on a device.
+
+    - CUDA sm_80+ (A100, L4, H100): bf16, native there, and it needs no loss scaling.
+    - older CUDA (Colab's T4 sm_75, V100 sm_70): fp16 with loss scaling; bf16 would be emulated.
+    - Apple MPS: off. fp16 there needs loss scaling on MPS (PyTorch 2.8+) and bf16 a recent macOS, and
+      BERT-base fine-tuning fits in fp32; ask for ``fp16`` or ``bf16`` explicitly to try them.
+    - CPU: off. CPU autocast to bf16 is slower than fp32 on most CPUs without AMX.
+    """
+    if device == "cuda":
+        return "bf16" if capability is not None and capability >= NATIVE_BF16_CAPABILITY else "fp16"
+    return "no"
+
+
+def resolve_mixed_precision(requested: str) -> str:
+    """The precision to train with: ``auto`` is resolved by :func:`auto_precision` for this machine's device.
+
+    fp16 on CPU would silently run in fp32, so it is refused rather than pretended; bf16 on a CUDA GPU
+    older than Ampere runs, emulated, with a warning."""
     if requested not in PRECISIONS:
         raise ValueError(f"mixed_precision must be one of {PRECISIONS}, got {requested!r}")
-    cuda = torch.cuda.is_available()
+    device, capability = detect_device()
     if requested == "auto":
-        return ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "no"
-    if requested == "fp16" and not cuda:
-        raise ValueError("fp16 needs a CUDA GPU (on CPU it would silently run in fp32); use 'no' or 'bf16'")
+        return auto_precision(device, capability)
+    if requested == "fp16" and device == "cpu":
+        raise ValueError("fp16 needs a GPU, CUDA or MPS (on CPU it would silently run in fp32); use 'no' or 'bf16'")
+    if requested == "bf16" and device == "cuda" and capability < NATIVE_BF16_CAPABILITY:
+        log.warning(
+            "bf16 on a CUDA GPU of compute capability %s is emulated (slower than fp32); fp16 is native", capability
+        )
     return requested
 
 
@@ -159,7 +203,9 @@ def get_accelerator(mixed_precision: str = "auto") -> Accelerator:
                 f"precision per process; to switch to {precision!r} call qa_lib.training.reset_accelerator() first "
                 "(or restart the kernel)"
             )
-    return Accelerator(mixed_precision=precision)
+    # split_batches: fit() splits each batch across processes itself, so the scheduler must advance once per
+    # optimizer step; without it Accelerate advances it once per process (it assumes one batch per process).
+    return Accelerator(mixed_precision=precision, dataloader_config=DataLoaderConfiguration(split_batches=True))
 
 
 def reset_accelerator() -> None:
@@ -200,6 +246,87 @@ class RunningMeans:
         return {key: total / max(self.count, 1) for key, total in self.totals.items()}
 
 
+def accumulation_group_size(index: int, batches_in_epoch: int, accumulation: int) -> int:
+    """How many micro-batches share an optimizer step with batch ``index`` (0-based within its epoch).
+
+    Groups start at multiples of ``accumulation``; the last group of an epoch may be shorter, and
+    its gradient is the mean over the batches it holds, not over ``accumulation``."""
+    group_start = index - index % accumulation
+    return min(accumulation, batches_in_epoch - group_start)
+
+
+def process_rows(batch_size: int, rank: int, processes: int) -> tuple[list[int], float]:
+    """The rows of a batch that process ``rank`` trains on, and the weight of its mean loss.
+
+    Every process takes every ``processes``-th row; weighting each process's mean loss by its share
+    makes the mean that distributed training takes over processes the mean over the whole batch, as
+    in one process. A process left without rows repeats the first with weight 0: all must take part
+    in every gradient exchange."""
+    rows = list(range(rank, batch_size, processes))
+    if not rows:
+        return [0], 0.0
+    return rows, len(rows) * processes / batch_size
+
+
+def process_collate(collate: Callable[[list], dict], seed: int, epoch: int, first: int, rank: int, processes: int):
+    """``collate`` for one process of several: the whole batch, padded as one process pads it, then its rows.
+
+    The random state is reseeded from (seed, epoch, batch, rank) before each batch, so the masks that a
+    collator draws and the dropout of the step that follows are the same again in a resumed run."""
+    batch_numbers = itertools.count(first)
+
+    def collate_rows(rows: list) -> dict:
+        torch.manual_seed(hash((seed, epoch, next(batch_numbers), rank)) % 2**63)
+        take, _ = process_rows(len(rows), rank, processes)
+        return {key: value[take] for key, value in collate(rows).items()}
+
+    return collate_rows
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped training after optimizer step ``step``; ``checkpoint`` is what was saved then (or None)."""
+
+    def __init__(self, step: int, checkpoint: Path | None):
+        saved = f"; checkpoint saved to {checkpoint}" if checkpoint else "; no output_dir, nothing saved"
+        super().__init__(f"training interrupted after step {step}{saved}")
+        self.step, self.checkpoint = step, checkpoint
+
+
+class StopAtStepEnd:
+    """While active, Ctrl-C (SIGINT) asks training to stop at the end of the current optimizer step.
+
+    A KeyboardInterrupt raised in the middle of ``optimizer.step()`` could leave half the parameters
+    updated, and a checkpoint saved then would not match any step; a second Ctrl-C stops at once.
+    Installed only where Python's own handler is active (the main thread; Jupyter kernels too)."""
+
+    # A terminal's Ctrl-C reaches every process of a launch, and torchrun forwards it once more:
+    # a second signal this soon after the first is the same key press.
+    SAME_PRESS_SECONDS = 1.0
+
+    def __init__(self):
+        self.requested = False
+        self.requested_at = 0.0
+        self.previous = None
+
+    def __enter__(self) -> StopAtStepEnd:
+        main_thread = threading.current_thread() is threading.main_thread()
+        if main_thread and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self.previous = signal.signal(signal.SIGINT, self.request)
+        return self
+
+    def request(self, signum, frame) -> None:
+        if self.requested and time.monotonic() - self.requested_at > self.SAME_PRESS_SECONDS:
+            raise KeyboardInterrupt
+        if self.requested:
+            return
+        self.requested, self.requested_at = True, time.monotonic()
+        log.warning("Ctrl-C: stopping after this optimizer step, with a checkpoint if there is an output_dir")
+
+    def __exit__(self, *exception) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
 def fit(
     model: torch.nn.Module,
     dataset,
@@ -221,7 +348,14 @@ def fit(
     tensors; ``batch_metrics(batch, outputs)`` adds numbers to the progress bar; ``evaluate(model)``
     runs after each epoch; ``optimizer_factory(model, lr=...)`` replaces :func:`make_optimizer`.
     With ``output_dir``, checkpoints are written there at each epoch end and every
-    ``config.save_every_steps`` optimizer steps, and ``resume=True`` continues from the newest.
+    ``config.save_every_steps`` optimizer steps (the newest ``config.keep_checkpoints`` are kept), and
+    ``resume=True`` continues from the newest intact one. Each step's history records the learning
+    rate that step used and the mean loss of its accumulation group. Ctrl-C stops at the end of a
+    step, saves a checkpoint and raises :class:`TrainingInterrupted`.
+
+    Under ``accelerate launch`` with several processes, each process trains on its share of every
+    batch (:func:`process_rows`; gradients are averaged by DDP), and only the main process writes
+    checkpoints, shows progress, logs and evaluates (so every evaluation window counts once).
     """
     accelerator = get_accelerator(config.mixed_precision)
     model.to(accelerator.device)  # before the optimizer, so that make_optimizer picks the fused CUDA kernel
@@ -233,71 +367,108 @@ def fit(
     total_steps = min(steps_per_epoch * config.epochs, config.max_steps or float("inf"))
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    processes, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
 
     history, progress = {"epochs": [], "steps": []}, {"step": 0, "epoch": 0, "batches_done": 0}
-    checkpoint = latest_checkpoint(output_dir) if (resume and output_dir) else None
+    checkpoint = resumable_checkpoint(output_dir) if (resume and output_dir) else None
     if checkpoint is not None:
         progress = load_checkpoint(checkpoint, accelerator.unwrap_model(model), optimizer, scheduler)
         history = progress.pop("history")
         if accelerator.scaler is not None and "scaler" in progress:
             accelerator.scaler.load_state_dict(progress.pop("scaler"))
-        log.info("resumed from %s at step %d", checkpoint, progress["step"])
+        if main:
+            log.info("resumed from %s at step %d", checkpoint, progress["step"])
 
-    def save(epoch: int, batches_done: int) -> None:
+    def save(epoch: int, batches_done: int) -> Path | None:
+        if not output_dir:
+            return None
         state = {"step": progress["step"], "epoch": epoch, "batches_done": batches_done, "history": history}
         if accelerator.scaler is not None:  # fp16 loss scale
             state["scaler"] = accelerator.scaler.state_dict()
         folder = Path(output_dir) / f"{CHECKPOINT_PREFIX}{progress['step']}"
-        save_checkpoint(folder, accelerator.unwrap_model(model), tokenizer, optimizer, scheduler, state)
+        if main:  # the weights and optimizer states are the same in every process
+            save_checkpoint(folder, accelerator.unwrap_model(model), tokenizer, optimizer, scheduler, state)
+            prune_checkpoints(output_dir, progress["step"], config.keep_checkpoints)
+        accelerator.wait_for_everyone()
+        return folder
 
-    for epoch in range(progress["epoch"], config.epochs):
-        batches.set_epoch(epoch)
-        epoch_batches = list(batches)
-        skip = progress["batches_done"] if epoch == progress["epoch"] else 0
-        # Its own generator: creating a loader must not consume the global RNG that dropout uses,
-        # or a resumed run would drift from an uninterrupted one.
-        generator = torch.Generator().manual_seed(config.seed + epoch)
-        loader = DataLoader(dataset, batch_sampler=epoch_batches[skip:], collate_fn=collate, generator=generator)
-        means, seen, rate, started = RunningMeans(), 0, 0.0, time.perf_counter()
-        bar = tqdm(loader, desc=f"{description} epoch {epoch + 1}/{config.epochs}", total=len(epoch_batches) - skip)
-        model.train()
-        finished = len(epoch_batches)
-        for index, batch in enumerate(bar, start=skip):
-            batch = {key: value.to(accelerator.device) for key, value in batch.items()}
-            outputs = model(**batch)
-            accelerator.backward(outputs.loss / config.gradient_accumulation_steps)
-            metrics = {"loss": outputs.loss.item(), **(batch_metrics(batch, outputs) if batch_metrics else {})}
-            means.add(metrics)
-            seen += len(batch["input_ids"])
-            if (index + 1) % config.gradient_accumulation_steps == 0 or index + 1 == len(epoch_batches):
-                accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-                progress["step"] += 1
-                history["steps"].append(
-                    {"step": progress["step"], "loss": metrics["loss"], "lr": scheduler.get_last_lr()[0]}
-                )
-                if output_dir and config.save_every_steps and progress["step"] % config.save_every_steps == 0:
-                    save(epoch, index + 1)
-            rate = seen / (time.perf_counter() - started)
-            bar.set_postfix({**{k: f"{v:.3f}" for k, v in means.means().items()}, "samples/s": f"{rate:.1f}"})
-            if config.max_steps and progress["step"] >= config.max_steps:
-                finished = index + 1
+    def stop_requested() -> bool:
+        """Whether Ctrl-C reached any process: all must stop after the same step."""
+        if processes == 1:
+            return ctrl_c.requested
+        return accelerator.reduce(torch.tensor(float(ctrl_c.requested), device=accelerator.device), "sum").item() > 0
+
+    def optimizer_step(group_losses: list[float]) -> dict:
+        used_lr = scheduler.get_last_lr()[0]  # after scheduler.step() it would be the next step's rate
+        accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+        progress["step"] += 1
+        return {"step": progress["step"], "loss": sum(group_losses) / len(group_losses), "lr": used_lr}
+
+    with StopAtStepEnd() as ctrl_c:
+        for epoch in range(progress["epoch"], config.epochs):
+            batches.set_epoch(epoch)
+            epoch_batches = list(batches)
+            skip = progress["batches_done"] if epoch == progress["epoch"] else 0
+            # Its own generator: creating a loader must not consume the global RNG that dropout uses,
+            # or a resumed run would drift from an uninterrupted one.
+            generator = torch.Generator().manual_seed(config.seed + epoch)
+            collate_fn = (
+                collate if processes == 1 else process_collate(collate, config.seed, epoch, skip, rank, processes)
+            )
+            loader = DataLoader(dataset, batch_sampler=epoch_batches[skip:], collate_fn=collate_fn, generator=generator)
+            means, seen, rate, started = RunningMeans(), 0, 0.0, time.perf_counter()
+            bar = tqdm(
+                loader,
+                desc=f"{description} epoch {epoch + 1}/{config.epochs}",
+                total=len(epoch_batches) - skip,
+                disable=not main,
+            )
+            model.train()
+            finished, group_losses = len(epoch_batches), []
+            for index, batch in enumerate(bar, start=skip):
+                batch = {key: value.to(accelerator.device) for key, value in batch.items()}
+                outputs = model(**batch)
+                group_size = accumulation_group_size(index, len(epoch_batches), config.gradient_accumulation_steps)
+                _, weight = process_rows(len(epoch_batches[index]), rank, processes)
+                accelerator.backward(outputs.loss * weight / group_size)
+                batch_loss = accelerator.reduce(outputs.loss.detach() * weight, "mean").item()  # the whole batch's
+                metrics = {"loss": batch_loss, **(batch_metrics(batch, outputs) if batch_metrics else {})}
+                means.add(metrics)
+                group_losses.append(metrics["loss"])
+                seen += len(batch["input_ids"])
+                if len(group_losses) == group_size:  # skip is a group boundary: checkpoints are saved at steps
+                    history["steps"].append(optimizer_step(group_losses))
+                    group_losses = []
+                    saved = None
+                    if config.save_every_steps and progress["step"] % config.save_every_steps == 0:
+                        saved = save(epoch, index + 1)
+                    if stop_requested():
+                        raise TrainingInterrupted(progress["step"], saved or save(epoch, index + 1))
+                rate = seen / (time.perf_counter() - started)
+                bar.set_postfix({**{k: f"{v:.3f}" for k, v in means.means().items()}, "samples/s": f"{rate:.1f}"})
+                if config.max_steps and progress["step"] >= config.max_steps:
+                    finished = index + 1
+                    break
+            last_lr = history["steps"][-1]["lr"] if history["steps"] else scheduler.get_last_lr()[0]
+            record = {"epoch": epoch + 1, **means.means(), "lr": last_lr, "samples_per_s": rate}
+            record["seconds"] = time.perf_counter() - started
+            if evaluate is not None and main:
+                record.update(evaluate(accelerator.unwrap_model(model)))
+            accelerator.wait_for_everyone()
+            history["epochs"].append(record)
+            progress["batches_done"] = 0
+            if main:
+                log.info("epoch %d: %s", epoch + 1, record)
+            complete = finished == len(epoch_batches)
+            saved = save(epoch + 1, 0) if complete else save(epoch, finished)
+            if stop_requested():  # pressed during the evaluation
+                raise TrainingInterrupted(progress["step"], saved)
+            if not complete or (config.max_steps and progress["step"] >= config.max_steps):
                 break
-        record = {"epoch": epoch + 1, **means.means(), "lr": scheduler.get_last_lr()[0], "samples_per_s": rate}
-        record["seconds"] = time.perf_counter() - started
-        if evaluate is not None:
-            record.update(evaluate(accelerator.unwrap_model(model)))
-        history["epochs"].append(record)
-        progress["batches_done"] = 0
-        log.info("epoch %d: %s", epoch + 1, record)
-        complete = finished == len(epoch_batches)
-        if output_dir:
-            save(epoch + 1, 0) if complete else save(epoch, finished)
-        if not complete or (config.max_steps and progress["step"] >= config.max_steps):
-            break
-    if output_dir:
+    if output_dir and main:
         Path(output_dir, "history.json").write_text(json.dumps(history, indent=1), encoding="utf-8")
     return history
 

@@ -5,6 +5,7 @@ import re
 import pytest
 import torch
 
+from qa_lib import training
 from qa_lib.batching import LengthGroupedBatches, pad_batch, padding_fraction
 from qa_lib.data import Answer, QAExample
 from qa_lib.models import load_qa_model
@@ -12,6 +13,7 @@ from qa_lib.training import (
     decay_parameter_groups,
     get_accelerator,
     preset,
+    reset_accelerator,
     resolve_mixed_precision,
     same_seeds,
     train_qa,
@@ -31,6 +33,24 @@ def birth_year_examples(count, seed=0):
         )
         examples.append(QAExample(str(i), "", context, f"{name}出生于哪一年？", (Answer(year, context.index(year)),)))
     return examples
+
+
+def squad_json(examples) -> dict:
+    """``examples`` in the SQuAD format that ``qa-kit train --train FILE`` reads."""
+    paragraphs = [
+        {
+            "context": example.context,
+            "qas": [
+                {
+                    "id": example.id,
+                    "question": example.question,
+                    "answers": [{"text": answer.text, "answer_start": answer.start} for answer in example.answers],
+                }
+            ],
+        }
+        for example in examples
+    ]
+    return {"data": [{"title": "", "paragraphs": paragraphs}]}
 
 
 def smoke_model(tokenizer, config):
@@ -89,6 +109,61 @@ def test_resume_gives_the_same_next_step(offline_tokenizer, tmp_path):
     assert not list((tmp_path / "b").rglob("*.bin")) and not list((tmp_path / "b").rglob("*.pt"))
 
 
+def test_each_step_logs_the_rate_it_used_and_the_mean_loss_of_its_group(offline_tokenizer):
+    config = preset("smoke", max_steps=None, gradient_accumulation_steps=2, warmup_ratio=0.0)
+    model = smoke_model(offline_tokenizer, config)
+    micro_batch_losses = []
+    model.register_forward_hook(lambda module, inputs, outputs: micro_batch_losses.append(outputs.loss.item()))
+    steps = train_qa(model, offline_tokenizer, birth_year_examples(10), config)["steps"]
+    assert len(micro_batch_losses) == 5 and len(steps) == 3  # groups of 2, 2 and 1 micro-batches
+    groups = [micro_batch_losses[0:2], micro_batch_losses[2:4], micro_batch_losses[4:5]]
+    assert [step["loss"] for step in steps] == pytest.approx([sum(group) / len(group) for group in groups])
+    # Linear decay without warmup over 3 steps: step k uses lr * (3 - (k - 1)) / 3; none uses 0.
+    assert [step["lr"] for step in steps] == pytest.approx([config.learning_rate * k / 3 for k in (3, 2, 1)])
+
+
+class GradientRecorder(torch.optim.SGD):
+    """Records the gradient each optimizer step sees and leaves the weights as they are."""
+
+    def __init__(self, params, lr):
+        super().__init__(params, lr=lr)
+        self.gradients = []
+
+    def step(self, closure=None):
+        parameters = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
+        self.gradients.append(torch.cat([p.grad.flatten() for p in parameters]).clone())
+
+
+def step_gradients(tokenizer, accumulation: int) -> list[torch.Tensor]:
+    no_dropout = {**preset("smoke").model_overrides, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    config = preset(
+        "smoke", max_steps=None, gradient_accumulation_steps=accumulation, max_grad_norm=1e9, model_overrides=no_dropout
+    )
+    recorders = []
+
+    def recording_optimizer(model, lr):
+        recorders.append(GradientRecorder(model.parameters(), lr))
+        return recorders[-1]
+
+    train_qa(
+        smoke_model(tokenizer, config),
+        tokenizer,
+        birth_year_examples(10),
+        config,
+        optimizer_factory=recording_optimizer,
+    )
+    return recorders[0].gradients
+
+
+def test_a_short_last_accumulation_group_is_averaged_over_its_own_batches(offline_tokenizer):
+    single = step_gradients(offline_tokenizer, accumulation=1)  # one gradient per micro-batch, same weights
+    accumulated = step_gradients(offline_tokenizer, accumulation=2)
+    assert len(single) == 5 and len(accumulated) == 3
+    expected = [(single[0] + single[1]) / 2, (single[2] + single[3]) / 2, single[4]]
+    for got, want in zip(accumulated, expected):
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-7)
+
+
 def test_student_functions_drive_the_progress_metrics(offline_tokenizer):
     calls = []
 
@@ -115,19 +190,64 @@ def test_no_weight_decay_on_bias_and_layernorm(offline_tokenizer):
     assert any("LayerNorm" in names[id(p)] for p in no_decay["params"]) and no_decay["weight_decay"] == 0.0
 
 
-def test_mixed_precision_choice_on_cpu():
-    assert resolve_mixed_precision("auto") == "no"
-    with pytest.raises(ValueError, match="fp16 needs a CUDA GPU"):
+MACHINES = {  # name: (torch.cuda.is_available, compute capability, torch.backends.mps.is_available)
+    "T4": (True, (7, 5), False),
+    "V100": (True, (7, 0), False),
+    "A100": (True, (8, 0), False),
+    "H100": (True, (9, 0), False),
+    "CPU": (False, None, False),
+    "MPS": (False, None, True),
+}
+
+
+def pretend_machine(monkeypatch, name):
+    """Make torch report the devices of ``name``; is_bf16_supported answers True as it does on a T4."""
+    cuda, capability, mps = MACHINES[name]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+
+
+@pytest.mark.parametrize(
+    "machine, expected",
+    [("T4", "fp16"), ("V100", "fp16"), ("A100", "bf16"), ("H100", "bf16"), ("CPU", "no"), ("MPS", "no")],
+)
+def test_auto_precision_follows_the_compute_capability(monkeypatch, machine, expected):
+    pretend_machine(monkeypatch, machine)
+    assert resolve_mixed_precision("auto") == expected
+
+
+def test_explicit_precision_is_refused_where_it_would_be_fake(monkeypatch, caplog):
+    pretend_machine(monkeypatch, "CPU")
+    with pytest.raises(ValueError, match="fp16 needs a GPU"):
         resolve_mixed_precision("fp16")
     with pytest.raises(ValueError, match="mixed_precision must be one of"):
         resolve_mixed_precision("fp8")
+    pretend_machine(monkeypatch, "MPS")
+    assert resolve_mixed_precision("fp16") == "fp16"
+    pretend_machine(monkeypatch, "T4")
+    with caplog.at_level("WARNING", logger="qa_lib.training"):
+        assert resolve_mixed_precision("bf16") == "bf16"
+    assert "emulated" in caplog.text
 
 
-def test_rerunning_reuses_the_accelerator_and_explains_a_precision_change():
-    assert get_accelerator("no").mixed_precision == "no"
-    assert get_accelerator("auto").mixed_precision == "no"  # the same cell run twice
+@pytest.fixture
+def fresh_accelerator():
+    reset_accelerator()
+    yield
+    reset_accelerator()  # later tests train with mixed_precision="no"
+
+
+@pytest.mark.parametrize("machine", ["this machine", "T4", "A100"])
+def test_rerunning_reuses_the_accelerator_and_explains_a_precision_change(monkeypatch, fresh_accelerator, machine):
+    if machine != "this machine":  # Accelerate itself stays on this machine's device; only the choice is mocked
+        monkeypatch.setattr(training, "detect_device", lambda: ("cuda", MACHINES[machine][1]))
+    auto = resolve_mixed_precision("auto")
+    assert get_accelerator(auto).mixed_precision == auto
+    assert get_accelerator("auto").mixed_precision == auto  # the same cell run twice
     with pytest.raises(RuntimeError, match="reset_accelerator"):
-        get_accelerator("bf16")
+        get_accelerator("bf16" if auto == "no" else "no")
 
 
 def test_dynamic_padding_and_length_grouping():
