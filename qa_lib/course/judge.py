@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -199,9 +200,14 @@ def judge_notebook(
     from qa_lib.models import build_offline_tokenizer
 
     tokenizer = build_offline_tokenizer()
+    jobs = probe_jobs(answers, cases)
+    for job in jobs:  # made once, before the probes run side by side
+        stubbed_library(job.references_stubbed)
+    tokenizer_folder()
+    with ThreadPoolExecutor(max_workers=len(jobs) or 1) as pool:
+        results = list(pool.map(lambda job: run_probe(job, sandboxed, seconds), jobs))
     verdicts = {}
-    for job in probe_jobs(answers, cases):
-        cell_errors, records = run_probe(job, sandboxed, seconds)
+    for job, (cell_errors, records) in zip(jobs, results):
         for test in job.tests:
             verdicts[test["grade_id"]] = judge_test(test["grade_id"], test["cases"], records, cell_errors, tokenizer)
     return verdicts
