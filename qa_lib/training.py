@@ -23,7 +23,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from . import decoding
@@ -33,6 +32,7 @@ from .data import QAExample, references_of
 from .features import keep_answerless_windows, prepare_eval_features, prepare_train_features
 from .metric import corpus_scores
 from .predict import predict_features
+from .reporting import epoch_header, epoch_row, progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +250,8 @@ def fit(
         folder = Path(output_dir) / f"{CHECKPOINT_PREFIX}{progress['step']}"
         save_checkpoint(folder, accelerator.unwrap_model(model), tokenizer, optimizer, scheduler, state)
 
-    for epoch in range(progress["epoch"], config.epochs):
+    first_epoch = progress["epoch"]
+    for epoch in range(first_epoch, config.epochs):
         batches.set_epoch(epoch)
         epoch_batches = list(batches)
         skip = progress["batches_done"] if epoch == progress["epoch"] else 0
@@ -259,7 +260,7 @@ def fit(
         generator = torch.Generator().manual_seed(config.seed + epoch)
         loader = DataLoader(dataset, batch_sampler=epoch_batches[skip:], collate_fn=collate, generator=generator)
         means, seen, rate, started = RunningMeans(), 0, 0.0, time.perf_counter()
-        bar = tqdm(loader, desc=f"{description} epoch {epoch + 1}/{config.epochs}", total=len(epoch_batches) - skip)
+        bar = progress_bar(loader, len(epoch_batches) - skip, f"{description} epoch {epoch + 1}/{config.epochs}")
         model.train()
         finished = len(epoch_batches)
         for index, batch in enumerate(bar, start=skip):
@@ -281,7 +282,8 @@ def fit(
                 if output_dir and config.save_every_steps and progress["step"] % config.save_every_steps == 0:
                     save(epoch, index + 1)
             rate = seen / (time.perf_counter() - started)
-            bar.set_postfix({**{k: f"{v:.3f}" for k, v in means.means().items()}, "samples/s": f"{rate:.1f}"})
+            postfix = {**{k: f"{v:.3f}" for k, v in means.means().items()}, "samples/s": f"{rate:.1f}"}
+            bar.set_postfix(postfix, refresh=False)  # drawn at the bar's own pace, not at every batch
             if config.max_steps and progress["step"] >= config.max_steps:
                 finished = index + 1
                 break
@@ -291,7 +293,9 @@ def fit(
             record.update(evaluate(accelerator.unwrap_model(model)))
         history["epochs"].append(record)
         progress["batches_done"] = 0
-        log.info("epoch %d: %s", epoch + 1, record)
+        if epoch == first_epoch:  # the table's header once per run
+            log.info(epoch_header(record))
+        log.info(epoch_row(record))
         complete = finished == len(epoch_batches)
         if output_dir:
             save(epoch + 1, 0) if complete else save(epoch, finished)
