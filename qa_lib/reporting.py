@@ -65,4 +65,8 @@ def progress_bar(iterable: Iterable, total: int, desc: str, stream=None):
     if stream.isatty() or "ipykernel" in sys.modules:
         return tqdm(iterable, total=total, desc=desc)
     every = max(1, math.ceil(total / LINES_WHEN_NOT_A_TERMINAL))
-    return plain_tqdm(iterable, total=total, desc=desc, file=WholeLines(stream), miniters=every, mininterval=0)
+    # maxinterval=inf: else tqdm's monitor thread, finding no line for 10 s, sets miniters to 1 for good and
+    # a slow loop (bert-base on a CPU) prints at every batch.
+    return plain_tqdm(
+        iterable, total=total, desc=desc, file=WholeLines(stream), miniters=every, mininterval=0, maxinterval=math.inf
+    )
