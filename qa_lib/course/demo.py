@@ -58,7 +58,7 @@ from ..training import preset, same_seeds, train_qa
 from .synthetic import generate_squad
 
 VOCAB_DIR_VARIABLE = "QA_KIT_VOCAB_DIR"
-DEMO_TRAIN_ARTICLES, DEMO_EVAL_ARTICLES = 640, 30
+DEMO_TRAIN_ARTICLES, DEMO_EVAL_ARTICLES = 960, 30
 # Articles of 200-400 characters under 128-token windows: most answers lie beyond the first window.
 DEMO_DATA = dict(min_context_chars=200, max_context_chars=400, entities_per_kind=1)
 # The second training stage: windows without the answer come back once the model can find answers.
