@@ -47,6 +47,7 @@ def command_evaluate(args) -> dict:
 def command_train(args) -> dict:
     from .data import load_squad
     from .metric import read_references
+    from .models import save_model_folder
     from .training import preset, same_seeds, train_qa
 
     given = {
@@ -77,8 +78,7 @@ def command_train(args) -> dict:
         resume=args.resume,
     )
     final = Path(args.output_dir) / "final"
-    model.save_pretrained(final)
-    tokenizer.save_pretrained(final)
+    save_model_folder(model, tokenizer, final)  # without transformers' "Writing model shards" bar
     last = history["epochs"][-1] if history["epochs"] else {}
     print(f"model saved to {final}; scores from the {args.eval or 'no'} split are printed as measured")
     return {
