@@ -45,15 +45,19 @@ def epoch_row(record: Mapping) -> str:
 
 
 class WholeLines:
-    """A file for tqdm that turns each redraw (``"\\r" + bar``) into a line of its own."""
+    """A file for tqdm that turns each redraw (``"\\r" + bar``) into a line of its own, skipping a redraw
+    at the same count as the line before (tqdm redraws the last one when it closes)."""
 
     def __init__(self, stream):
         self.stream = stream
+        self.last_count = None
 
     def write(self, text: str) -> None:
         line = text.replace("\r", "").rstrip()
-        if line:
+        count = line.split("[", 1)[0]  # description, percentage, bar and n/total: all before the timings
+        if line and count != self.last_count:
             self.stream.write(line + "\n")
+            self.last_count = count
 
     def flush(self) -> None:
         self.stream.flush()
