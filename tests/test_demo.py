@@ -39,7 +39,9 @@ def demo(tmp_path_factory):
 
 
 def test_demo_model_learns_and_windows_beat_truncation(demo):
-    """Measured on the test set (seed 2): see the demo's docstring and README for the spread over seeds."""
+    """Seed 0 measured 87.2 on the test set (36.1 with truncation); over seeds 0-4 the test EM ranged from
+    69.4 to 90.6 (bench/RESULTS.md), and another machine's arithmetic changes the run as a seed does:
+    hence 70, not 80."""
     _, results, run = demo
     assert results["em_windows"] >= 70, results
     assert results["em_windows"] >= results["em_truncation"] + 25, results
