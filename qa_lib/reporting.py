@@ -63,10 +63,17 @@ class WholeLines:
         self.stream.flush()
 
 
+def in_jupyter_kernel() -> bool:
+    """True inside a Jupyter kernel (a widget bar there), not merely when ipykernel was imported (tests)."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython else None
+    return type(shell).__name__ == "ZMQInteractiveShell"
+
+
 def progress_bar(iterable: Iterable, total: int, desc: str, stream=None):
     """tqdm over ``iterable``: redrawn in place on a terminal or in Jupyter, else a few whole lines."""
     stream = stream or sys.stderr
-    if stream.isatty() or "ipykernel" in sys.modules:
+    if stream.isatty() or in_jupyter_kernel():
         return tqdm(iterable, total=total, desc=desc)
     every = max(1, math.ceil(total / LINES_WHEN_NOT_A_TERMINAL))
     # maxinterval=inf: else tqdm's monitor thread, finding no line for 10 s, sets miniters to 1 for good and
