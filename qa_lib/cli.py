@@ -10,6 +10,7 @@ saves a checkpoint first).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -62,15 +63,22 @@ def is_main_process() -> bool:
 
 def command_train(args) -> dict:
     from .data import load_squad, resolve_data
+    from .models import save_model_folder
     from .training import PRESETS, preset, same_seeds, train_qa
 
     if args.preset not in PRESETS:
         raise UsageError(f"--preset {args.preset}: no such preset; choose one of {', '.join(sorted(PRESETS))}")
-    options = ("epochs", "max_steps", "save_every_steps", "keep_checkpoints")
+    options = (
+        "epochs",
+        "max_steps",
+        "save_every_steps",
+        "keep_checkpoints",
+        "batch_size",
+        "gradient_accumulation_steps",
+    )
     overrides = {key: getattr(args, key) for key in options if getattr(args, key) is not None}
     config = preset(args.preset, **({"model": args.model} if args.model else {}), **overrides)
-    train_examples, report = load_squad(resolve_data(args.train))
-    logging.getLogger(__name__).info(report.summary())
+    train_examples, _ = load_squad(resolve_data(args.train))  # load_squad logs its own summary
     # Every question of the evaluation file is scored against every reference it gives (see references_of).
     eval_examples = load_squad(resolve_data(args.eval), drop_unanswered=False)[0] if args.eval else None
     same_seeds(config.seed)
@@ -87,8 +95,7 @@ def command_train(args) -> dict:
     )
     final = Path(args.output_dir) / "final"
     if is_main_process():  # under `accelerate launch` every process holds the same model
-        model.save_pretrained(final)
-        tokenizer.save_pretrained(final)
+        save_model_folder(model, tokenizer, final)  # without transformers' "Writing model shards" bar
         measured = f"scores on {args.eval} are printed as measured" if args.eval else "not evaluated (no --eval file)"
         print(f"model saved to {final}; {measured}")
     last = history["epochs"][-1] if history["epochs"] else {}
@@ -117,15 +124,28 @@ def command_predict(args) -> dict:
     return {"questions": len(predictions), "predictions": str(paths[0])}
 
 
+def demo_summary(results: dict, grading_log: str) -> str:
+    """The demo's last three lines: what it showed, where its files are, what to run next."""
+    return (
+        f"\nShown: answers beyond 512 tokens need windows; the tiny BERT learnt (test EM {results['em_windows']:.1f} "
+        f"with windows, {results['em_truncation']:.1f} with truncation); nbgrader graded both notebooks.\n"
+        f"Files: learning curves {results['learning_curves']}, nbgrader's log {grading_log}\n"
+        "Next: jupyter lab notebooks/bert_qa/01_finetune_qa.ipynb"
+    )
+
+
 def command_demo(args) -> dict:
     from .course.demo import report_data, train_demo
 
+    # Flushed line by line: in a log file the demo's lines must stay in order with the logging on stderr.
+    say = functools.partial(print, flush=True)
     started = time.perf_counter()
-    data = report_data(print)
-    results = train_demo(print, args.output_dir, quick=args.quick)
+    data = report_data(say)
+    results = train_demo(say, args.output_dir, quick=args.quick)
     from .course.grading import grading_demo
 
-    grading = grading_demo(print)
+    grading = grading_demo(say, Path(args.output_dir) / "nbgrader.log")
+    say(demo_summary(results, grading["log"]))
     return {
         **results,
         "oracle_em": data["oracle_em"],
@@ -205,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--resume", action="store_true", help="continue from the newest intact checkpoint in --output-dir"
     )
+    train.add_argument("--batch-size", type=int, help="windows per forward pass (overrides the preset)")
+    train.add_argument("--gradient-accumulation-steps", type=int, help="forward passes per optimizer step")
     train.set_defaults(run=command_train)
 
     predict = commands.add_parser("predict", help="answer questions with a trained model")

@@ -27,7 +27,6 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import DataLoaderConfiguration
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from . import decoding
@@ -43,6 +42,7 @@ from .data import QAExample, references_of
 from .features import keep_answerless_windows, prepare_eval_features, prepare_train_features
 from .metric import corpus_scores
 from .predict import predict_features
+from .reporting import epoch_header, epoch_row, progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -407,8 +407,9 @@ def fit(
         progress["step"] += 1
         return {"step": progress["step"], "loss": sum(group_losses) / len(group_losses), "lr": used_lr}
 
+    first_epoch = progress["epoch"]
     with StopAtStepEnd() as ctrl_c:
-        for epoch in range(progress["epoch"], config.epochs):
+        for epoch in range(first_epoch, config.epochs):
             batches.set_epoch(epoch)
             epoch_batches = list(batches)
             skip = progress["batches_done"] if epoch == progress["epoch"] else 0
@@ -420,11 +421,8 @@ def fit(
             )
             loader = DataLoader(dataset, batch_sampler=epoch_batches[skip:], collate_fn=collate_fn, generator=generator)
             means, seen, rate, started = RunningMeans(), 0, 0.0, time.perf_counter()
-            bar = tqdm(
-                loader,
-                desc=f"{description} epoch {epoch + 1}/{config.epochs}",
-                total=len(epoch_batches) - skip,
-                disable=not main,
+            bar = progress_bar(
+                loader, len(epoch_batches) - skip, f"{description} epoch {epoch + 1}/{config.epochs}", disable=not main
             )
             model.train()
             finished, group_losses = len(epoch_batches), []
@@ -448,7 +446,8 @@ def fit(
                     if stop_requested():
                         raise TrainingInterrupted(progress["step"], saved or save(epoch, index + 1))
                 rate = seen / (time.perf_counter() - started)
-                bar.set_postfix({**{k: f"{v:.3f}" for k, v in means.means().items()}, "samples/s": f"{rate:.1f}"})
+                postfix = {**{k: f"{v:.3f}" for k, v in means.means().items()}, "samples/s": f"{rate:.1f}"}
+                bar.set_postfix(postfix, refresh=False)  # drawn at the bar's own pace, not at every batch
                 if config.max_steps and progress["step"] >= config.max_steps:
                     finished = index + 1
                     break
@@ -460,8 +459,10 @@ def fit(
             accelerator.wait_for_everyone()
             history["epochs"].append(record)
             progress["batches_done"] = 0
+            if main and epoch == first_epoch:  # the table's header once per run
+                log.info(epoch_header(record))
             if main:
-                log.info("epoch %d: %s", epoch + 1, record)
+                log.info(epoch_row(record))
             complete = finished == len(epoch_batches)
             saved = save(epoch + 1, 0) if complete else save(epoch, finished)
             if stop_requested():  # pressed during the evaluation

@@ -34,10 +34,15 @@ def cmrc_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def real_tokenizer():
+def vocab_dir() -> Path:
+    return _data_folder("QA_KIT_VOCAB_DIR", "vocab.txt")
+
+
+@pytest.fixture(scope="session")
+def real_tokenizer(vocab_dir):
     from qa_lib.models import load_tokenizer
 
-    return load_tokenizer(_data_folder("QA_KIT_VOCAB_DIR", "vocab.txt"))
+    return load_tokenizer(vocab_dir)
 
 
 @pytest.fixture(scope="session")

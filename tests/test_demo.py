@@ -1,6 +1,19 @@
-"""The offline demo's training step: the tiny BERT must visibly learn, and windows must beat truncation."""
+"""`qa-kit demo` as `make demo` runs it, once for the module, its output written to a file: the tiny BERT must
+visibly learn, windows must beat truncation, and the output must be readable by a person."""
 
-from qa_lib.course.demo import continue_history, train_demo
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from qa_lib.course.demo import continue_history
+
+# A Python dict printed as is: {'epoch': 1, ...}
+DICT_REPR = re.compile(r"\{'[^']+': ")
+STUDENTS = ("solution", "blank")
 
 
 def test_continue_history_numbers_the_second_run_on():
@@ -11,11 +24,47 @@ def test_continue_history_numbers_the_second_run_on():
     assert [r["step"] for r in merged["steps"]] == [1, 2, 3, 4, 5]
 
 
-def test_demo_model_learns_and_windows_beat_truncation(tmp_path):
-    """The full demo training (about two minutes on two cores). Measured: EM 80.6 with windows, 37.2
-    with truncation for the demo's seed; 74.4 and 81.1 with two other seeds, hence the margin."""
-    lines = []
-    results = train_demo(lines.append, tmp_path)
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """The full demo (a few minutes on two cores) with stdout and stderr in one file, as `make demo > log`
+    gives it. Returns the output's lines (without --json's last line), the JSON results and the run folder."""
+    folder = tmp_path_factory.mktemp("demo")
+    log = folder / "output.txt"
+    with open(log, "w", encoding="utf-8") as output:
+        command = [sys.executable, "-m", "qa_lib.cli", "demo", "--output-dir", str(folder / "run"), "--json"]
+        run = subprocess.run(command, stdout=output, stderr=subprocess.STDOUT, env=dict(os.environ))
+    lines = log.read_text(encoding="utf-8").splitlines()
+    assert run.returncode == 0, "\n".join(lines[-40:])
+    return lines[:-1], json.loads(lines[-1]), folder / "run"
+
+
+def test_demo_model_learns_and_windows_beat_truncation(demo):
+    """Seed 0 measured 87.2 on the test set (36.1 with truncation); over seeds 0-4 the test EM ranged from
+    69.4 to 90.6 (bench/RESULTS.md), and another machine's arithmetic changes the run as a seed does:
+    hence 70, not 80."""
+    _, results, run = demo
     assert results["em_windows"] >= 70, results
     assert results["em_windows"] >= results["em_truncation"] + 25, results
-    assert any("stage 2" in line for line in lines) and (tmp_path / "learning_curves.png").is_file()
+    assert (run / "learning_curves.png").is_file()
+
+
+def test_demo_output_is_readable(demo):
+    lines, _, run = demo
+    text = "\n".join(lines)
+    assert "CRITICAL" not in text and "Traceback" not in text and "without encryption" not in text
+    assert not [line for line in lines if DICT_REPR.search(line)]
+    assert max(len(line) for line in lines) <= 200
+    assert "Unwritable directory" not in (run / "nbgrader.log").read_text(encoding="utf-8")
+    assert lines[-1] == "Next: jupyter lab notebooks/bert_qa/01_finetune_qa.ipynb"
+    assert lines[-3].startswith("Shown: ") and lines[-2].startswith("Files: ")
+
+
+def test_demo_grade_table_rows_are_contiguous_and_grades_right(demo):
+    lines, results, _ = demo
+    header = next(i for i, line in enumerate(lines) if line.startswith("student"))
+    rows = lines[header + 1 : header + 5]
+    assert [row.split()[0] for row in rows] == ["solution", "solution", "blank", "blank"], rows
+    assert not lines[header + 5].startswith(STUDENTS)
+    grades = results["grading"]["students"]
+    assert all(g["score"] == g["max_score"] > 0 for g in grades["solution"].values())
+    assert all(g["score"] == 0 for g in grades["blank"].values())

@@ -35,9 +35,18 @@ on those that do not.
 
 How much of this is luck: the jump in start accuracy (about 0.45 to 0.85 within an epoch or two, the
 model starting to match the question's relation word) comes at a different step for every seed.
-With 640 training articles (the default, 98 s on two idle cores) seeds 0, 1 and 2 gave EM 80.6, 74.4
-and 81.1; with 800 articles seeds 1 and 2 gave 56.7 and 62.2 (the jump came too late); with 960
-articles three runs gave 82.8 to 87.2, but training alone then takes about 170 s.
+With 640 training articles (98 s on two idle cores) seeds 0, 1 and 2 gave EM 80.6, 74.4 and 81.1;
+with 800 articles seeds 1 and 2 gave 56.7 and 62.2 (the jump came too late); with 960 articles three
+runs gave 82.8 to 87.2, but training alone then takes about 170 s. Hence 960 articles.
+
+Validation and test: every number above was measured on one held-out set (generator seed 1), the
+set the settings were chosen on. That set is now the validation set (the per-epoch EM while
+training); the EM the demo reports comes from a test set of the same size (seed 2) that no choice
+has looked at. Spread over seeds on both sets: ``bench/demo_seeds.py``, results in bench/RESULTS.md.
+With 960 articles, seeds 0-4 gave test EM 87.2, 90.6, 69.4, 83.9 and 87.8 (validation 88.9, 89.4,
+76.7, 84.4, 86.1): the goal of EM >= 80 for every seed is not met. Seed 2's jump came late, as
+800 articles' did; closing that would take more steps, and 960 articles already take about 170 s
+(two idle cores, measured in 2026-11) of the 3 minutes the demo may spend training.
 """
 
 from __future__ import annotations
@@ -58,11 +67,14 @@ from ..training import preset, same_seeds, train_qa
 from .synthetic import generate_squad
 
 VOCAB_DIR_VARIABLE = "QA_KIT_VOCAB_DIR"
-DEMO_TRAIN_ARTICLES, DEMO_EVAL_ARTICLES = 640, 30
+DEMO_TRAIN_ARTICLES, DEMO_EVAL_ARTICLES = 960, 30
 # Articles of 200-400 characters under 128-token windows: most answers lie beyond the first window.
 DEMO_DATA = dict(min_context_chars=200, max_context_chars=400, entities_per_kind=1)
 # The second training stage: windows without the answer come back once the model can find answers.
 ANSWERLESS_STAGE = dict(epochs=1, learning_rate=1e-3, warmup_ratio=0.0, answerless_windows=0.3)
+# A recorded measurement, printed so that the one seed's EM is not read as the demo's: five training seeds
+# of `python bench/demo_seeds.py` (seed 0 from `qa-kit demo` itself), bench/RESULTS.md 2026-12-02.
+SEED_SPREAD = "test EM over training seeds 0-4 (bench/demo_seeds.py): median 87.2, range 69.4-90.6"
 
 
 def data_report(
@@ -122,60 +134,95 @@ def continue_history(first: dict, second: dict) -> dict:
     }
 
 
-def train_demo(say, output_dir: str | Path = "runs/demo", quick: bool = False) -> dict:
-    """Train the tiny offline model on synthetic data and compare windows with truncation."""
-    config = preset("cpu-demo", epochs=1) if quick else preset("cpu-demo")
-    train_articles = DEMO_TRAIN_ARTICLES // 8 if quick else DEMO_TRAIN_ARTICLES
-    train, _ = examples_from_squad(generate_squad(train_articles, seed=0, **DEMO_DATA), "synthetic train")
-    held_out, _ = examples_from_squad(generate_squad(DEMO_EVAL_ARTICLES, seed=1, **DEMO_DATA), "synthetic eval")
-    tokenizer = build_offline_tokenizer()
-    same_seeds(config.seed)
-    model = load_qa_model(config.model, tokenizer, **config.model_overrides)
-    say(f"\n== Training the tiny offline BERT on {len(train)} synthetic questions (CPU) ==")
-    say("stage 1: only windows that hold the answer")
-    started = time.perf_counter()
-    history = train_qa(model, tokenizer, train, config, eval_examples=held_out)
-    say(f"stage 2: {ANSWERLESS_STAGE['answerless_windows']:.0%} of the windows without the answer back")
-    second = train_qa(model, tokenizer, train, replace(config, **ANSWERLESS_STAGE), eval_examples=held_out)
-    history = continue_history(history, second)
-    seconds = time.perf_counter() - started
+def demo_sets(train_articles: int = DEMO_TRAIN_ARTICLES) -> tuple[list, list, list]:
+    """Training, validation and test questions, from three generator seeds.
+
+    The settings above were chosen on the validation set (seed 1, the demo's only held-out set until
+    2026-12); the reported EM comes from the test set (seed 2), which no choice has looked at."""
+    sets = []
+    for seed, articles, name in ((0, train_articles, "train"), (1, DEMO_EVAL_ARTICLES, "validation"),
+                                 (2, DEMO_EVAL_ARTICLES, "test")):  # fmt: skip
+        examples, _ = examples_from_squad(generate_squad(articles, seed=seed, **DEMO_DATA), f"synthetic {name}")
+        sets.append(examples)
+    return tuple(sets)
+
+
+def windows_and_truncation(model, tokenizer, examples: Sequence[QAExample], config) -> dict:
+    """EM, F1 and predictions with sliding windows and with the first window only (truncation)."""
     results = {}
     for name, first_only in (("windows", False), ("truncation", True)):
         predictions, _ = predict_examples(
             model,
             tokenizer,
-            held_out,
+            examples,
             config.max_length,
             config.doc_stride,
             config.max_answer_length,
             first_window_only=first_only,
         )
-        scores = corpus_scores(references_of(held_out), predictions)
+        scores = corpus_scores(references_of(examples), predictions)
         results[name] = (scores["EM"], scores["F1"], predictions)
-    row_names = {
-        "windows": f"sliding windows ({config.max_length}/{config.doc_stride})",
-        "truncation": f"truncation at {config.max_length}",
-    }
-    reach = data_report(tokenizer, held_out, "synthetic eval", config.max_length, config.doc_stride)
-    say(
-        f"\nheld-out answers inside the first {config.max_length} tokens: {100 * reach['covered_by_truncation']:.1f}%, "
-        f"inside some window: {100 * reach['covered_by_windows']:.1f}%"
-    )
-    say(f"{'held-out synthetic questions':<32}{'EM':>8}{'F1':>8}")
-    for name in ("windows", "truncation"):
-        say(f"{row_names[name]:<32}{results[name][0]:>8.1f}{results[name][1]:>8.1f}")
-    for example in held_out[:3]:
-        say(f"Q: {example.question}  gold: {example.answers[0].text}  predicted: {results['windows'][2][example.id]}")
+    return results
+
+
+def train_two_stages(say, model, tokenizer, train, validation, config) -> dict:
+    """Stage 1 on windows that hold the answer, stage 2 with some answerless windows back; one history."""
+    say("stage 1: only windows that hold the answer")
+    history = train_qa(model, tokenizer, train, config, eval_examples=validation)
+    say(f"stage 2: {ANSWERLESS_STAGE['answerless_windows']:.0%} of the windows without the answer back")
+    second = train_qa(model, tokenizer, train, replace(config, **ANSWERLESS_STAGE), eval_examples=validation)
+    return continue_history(history, second)
+
+
+def train_demo(
+    say, output_dir: str | Path = "runs/demo", quick: bool = False, seed: int = 0, train_articles: int | None = None
+) -> dict:
+    """Train the tiny offline model on synthetic data and compare windows with truncation on the test set.
+
+    ``seed`` seeds the model's initialisation and the batch order (the data stay the same)."""
+    config = preset("cpu-demo", seed=seed, **({"epochs": 1} if quick else {}))
+    train_articles = train_articles or (DEMO_TRAIN_ARTICLES // 8 if quick else DEMO_TRAIN_ARTICLES)
+    train, validation, test = demo_sets(train_articles)
+    tokenizer = build_offline_tokenizer()
+    same_seeds(config.seed)
+    model = load_qa_model(config.model, tokenizer, **config.model_overrides)
+    say(f"\n== Training the tiny offline BERT on {len(train)} synthetic questions (CPU, seed {seed}) ==")
+    started = time.perf_counter()
+    history = train_two_stages(say, model, tokenizer, train, validation, config)
+    seconds = time.perf_counter() - started
+    results = windows_and_truncation(model, tokenizer, test, config)
+    report_test(say, tokenizer, test, results, config)
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     from ..plots import plot_learning_curves
 
     curve = Path(output_dir) / "learning_curves.png"
     plot_learning_curves(history, curve)
-    say(f"learning curves: {curve}")
     return {
+        "seed": seed,
+        "em_validation": history["epochs"][-1]["em"],
         "em_windows": results["windows"][0],
         "f1_windows": results["windows"][1],
         "em_truncation": results["truncation"][0],
         "f1_truncation": results["truncation"][1],
         "train_seconds": seconds,
+        "learning_curves": str(curve),
     }
+
+
+def report_test(say, tokenizer, test: Sequence[QAExample], results: dict, config) -> None:
+    """The test set's reach, its EM/F1 table and three predicted examples."""
+    reach = data_report(tokenizer, test, "synthetic test", config.max_length, config.doc_stride)
+    say(
+        f"\ntest answers inside the first {config.max_length} tokens: {100 * reach['covered_by_truncation']:.1f}%, "
+        f"inside some window: {100 * reach['covered_by_windows']:.1f}%"
+    )
+    row_names = {
+        "windows": f"sliding windows ({config.max_length}/{config.doc_stride})",
+        "truncation": f"truncation at {config.max_length}",
+    }
+    say(f"{f'{len(test)} test questions':<32}{'EM':>8}{'F1':>8}")
+    for name in ("windows", "truncation"):
+        say(f"{row_names[name]:<32}{results[name][0]:>8.1f}{results[name][1]:>8.1f}")
+    say(f"(seed {config.seed}; {SEED_SPREAD})")
+    for example in test[:3]:
+        say(f"Q: {example.question}  gold: {example.answers[0].text}  predicted: {results['windows'][2][example.id]}")

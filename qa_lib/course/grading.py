@@ -298,6 +298,9 @@ def course_config(course_root: str | os.PathLike):
 
     config = PyFileConfigLoader("nbgrader_config.py", path=str(kit_root())).load_config()
     config.CourseDirectory.root = str(Path(course_root).resolve())
+    # The default exchange, /usr/local/share/nbgrader/exchange, rarely exists; nbgrader then logs CRITICAL
+    # "Unwritable directory" on every start although grading never uses the exchange.
+    config.Exchange.root = str(Path(course_root).resolve() / "exchange")
     return config
 
 
@@ -322,6 +325,7 @@ class Course:
 
         self.root = Path(root)
         config = course_config(self.root)
+        Path(config.Exchange.root).mkdir(parents=True, exist_ok=True)
         for section, values in (overrides or {}).items():
             config[section].update(values)
         self.api = NbGraderAPI(CourseDirectory(config=config), config=config)
@@ -424,10 +428,46 @@ def nbgrader_warnings_off():
         log.removeFilter(_not_a_checksum_warning)
 
 
-def grading_demo(say: Callable[[str], None]) -> dict:
+@contextmanager
+def stderr_to(log_path: Path) -> Iterator[None]:
+    """Send this process's stderr, and so the kernels' it starts, to ``log_path`` while the block runs.
+
+    At the file-descriptor level: nbgrader's apps log through Python's logging to stderr, but the kernels
+    are subprocesses that write their own warnings (ipykernel's "running over TCP") straight to fd 2."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(log_path, "a", encoding="utf-8") as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def grade_rows(course: Course, student: str, names: list[str], log_path: Path) -> list[str]:
+    """The grade table's rows of one student: one per notebook, one line saying so for a notebook nbgrader
+    could not grade (the reason is in its log)."""
+    rows = []
+    grades = course.grades(student)
+    for name in names:
+        if name not in grades:
+            rows.append(f"{student:<10}{name:<24}{'not graded':>20}  (see {log_path})")
+            continue
+        score, max_score = autograded_points(grades[name])
+        run = execution_seconds(nbformat.read(course.folder("autograded", student) / f"{name}.ipynb", as_version=4))
+        rows.append(f"{student:<10}{name:<24}{f'{score:g} / {max_score:g}':>20}{run:>14.1f}")
+    return rows
+
+
+def grading_demo(say: Callable[[str], None], log_path: str | os.PathLike = "runs/demo/nbgrader.log") -> dict:
     """The instructor workflow in a temporary course: release the assignment, autograde the solution notebooks
     as one student and the blank release as another, and print the grade table, the timings and the integrity
-    report."""
+    report.
+
+    nbgrader's own output (its INFO lines, the kernels' warnings) goes to ``log_path``, not to the table."""
     from .integrity import integrity_lines
     from .sandbox import UNSANDBOXED_VARIABLE, sandbox_works, unsandboxed_by_choice
 
@@ -437,32 +477,40 @@ def grading_demo(say: Callable[[str], None]) -> dict:
             "(a class's submissions need it: README, Academic integrity and sandboxing)"
         )
         with mock.patch.dict(os.environ, {UNSANDBOXED_VARIABLE: "1"}):
-            return grading_demo(say)
+            return grading_demo(say, log_path)
     say("\n== Grading the notebooks with nbgrader (temporary course directory) ==")
-    summary: dict = {"students": {}}
-    with nbgrader_warnings_off(), tempfile.TemporaryDirectory(prefix="qa-kit-course-") as folder:
+    log_path = Path(log_path).resolve()
+    summary: dict = {"students": {}, "log": str(log_path)}
+    table, timings = [f"{'student':<10}{'notebook':<24}{'autograded points':>20}{'execution s':>14}"], []
+    with nbgrader_warnings_off(), stderr_to(log_path), tempfile.TemporaryDirectory(prefix="qa-kit-course-") as folder:
         course = Course.from_kit_solutions(folder)
         release = course.release()
         sources = course.folder("solutions")
         submissions = {
-            "solution": {path.name: nbformat.read(path, as_version=4) for path in sorted(sources.glob("*.ipynb"))},
-            "blank": {path.name: nbformat.read(path, as_version=4) for path in sorted(release.glob("*.ipynb"))},
+            "solution": {path.stem: nbformat.read(path, as_version=4) for path in sorted(sources.glob("*.ipynb"))},
+            "blank": {path.stem: nbformat.read(path, as_version=4) for path in sorted(release.glob("*.ipynb"))},
         }
-        say(f"{'student':<10}{'notebook':<24}{'autograded points':>20}{'execution s':>14}")
         for student, notebooks in submissions.items():
-            course.submit(student, notebooks)
-            seconds = course.autograde(student)
-            for name, grades in course.grades(student).items():
-                score, max_score = autograded_points(grades)
-                executed = nbformat.read(course.folder("autograded", student) / f"{name}.ipynb", as_version=4)
-                run = execution_seconds(executed)
-                say(f"{student:<10}{name:<24}{f'{score:g} / {max_score:g}':>20}{run:>14.1f}")
-                summary["students"].setdefault(student, {})[name] = {
-                    "score": score,
-                    "max_score": max_score,
-                    "seconds": run,
-                }
-            say(f"{'':<10}(autograde of both notebooks: {seconds:.1f} s)")
-        for line in integrity_lines(folder):
-            say(line)
+            course.submit(student, {f"{name}.ipynb": notebook for name, notebook in notebooks.items()})
+            try:
+                timings.append(f"{student} {course.autograde(student):.1f} s")
+            except GradingError as error:
+                table.append(f"{student:<10}autograde failed: {str(error).splitlines()[0][:120]} (see {log_path})")
+                continue
+            table += grade_rows(course, student, list(notebooks), log_path)
+            summary["students"][student] = student_summary(course, student)
+        integrity = integrity_lines(folder)
+    for line in table:
+        say(line)
+    say(f"autograde of both notebooks: {', '.join(timings)}")  # the log's path is in the demo's last lines
+    for line in integrity:
+        say(line)
     return summary
+
+
+def student_summary(course: Course, student: str) -> dict:
+    """``{notebook: {score, max_score}}`` of one graded student."""
+    return {
+        name: dict(zip(("score", "max_score"), autograded_points(grades)))
+        for name, grades in course.grades(student).items()
+    }
