@@ -417,11 +417,16 @@ def nbgrader_warnings_off():
 def grading_demo(say: Callable[[str], None]) -> dict:
     """The instructor workflow in a temporary course: release the assignment, autograde the solution notebooks
     as one student and the blank release as another, and print the grade table and the timings."""
+    from .release import build_wheel
+
     say("\n== Grading the notebooks with nbgrader (temporary course directory) ==")
     summary: dict = {"students": {}}
     with nbgrader_warnings_off(), tempfile.TemporaryDirectory(prefix="qa-kit-course-") as folder:
         course = Course.from_kit_solutions(folder)
         release = course.release()
+        # The released setup cells install the kit from this wheel (nbgrader_config.py's default install source).
+        wheel = build_wheel(release)
+        say(f"release: {release} with {wheel.name}")
         sources = course.folder("solutions")
         submissions = {
             "solution": {path.name: nbformat.read(path, as_version=4) for path in sorted(sources.glob("*.ipynb"))},
