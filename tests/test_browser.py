@@ -236,6 +236,15 @@ def screenshot(page, name: str) -> None:
     page.screenshot(path=SCREENSHOTS / f"{name}.png")
 
 
+def test_nbgrader_lab_extension_is_enabled():
+    """The Validate button and the Nbgrader menu come from this extension (make enables it)."""
+    listing = subprocess.run(
+        [Path(sys.executable).parent / "jupyter", "labextension", "list"], capture_output=True, text=True, check=True
+    )
+    lines = [line for line in (listing.stdout + listing.stderr).splitlines() if "@jupyter/nbgrader" in line]
+    assert lines and "enabled" in lines[0] and "OK" in lines[0], listing.stdout + listing.stderr
+
+
 @pytest.mark.parametrize("name", [NB1, NB2])
 def test_student_notebook_run_all_stops_at_the_first_exercise(page, lab, name):
     """Run All of the released notebook: every cell before the first exercise runs without an error or stderr,
