@@ -14,6 +14,7 @@ from nbgrader.preprocessors import GetGrades
 
 from qa_lib.course.grading import HideHiddenTests
 from qa_lib.course.release import KitRelease, wheel_name
+from qa_lib.course.rubric import ShowRubric
 
 c = get_config()  # noqa: F821 (nbgrader provides get_config when it executes this file)
 
@@ -44,3 +45,7 @@ c.GenerateFeedback.preprocessors = [GetGrades, HideHiddenTests, CSSHTMLHeaderPre
 # KitRelease runs first, so that nbgrader's checksums and stored cells see the released setup cell.
 c.KitRelease.install_source = os.environ.get("QA_KIT_INSTALL_SOURCE") or wheel_name()
 c.GenerateAssignment.preprocessors = [KitRelease, *GenerateAssignment().preprocessors]
+
+# Formgrader shows each written answer's model answer and rubric from solutions/ under the student's answer.
+# The feedback's HTMLExporter gets this list too; ShowRubric acts on formgrader's pages only.
+c.HTMLExporter.preprocessors = [ShowRubric]

@@ -298,20 +298,31 @@ def test_validate_button_reports_the_failing_public_tests(page, lab):
     assert "Success" not in text
 
 
+def student_submission(course: Path) -> nbformat.NotebookNode:
+    """Part 2 as a student turns it in: the release with the solution's code and the student's own written answers
+    (which, unlike the solution notebook's, hold no model answer or rubric)."""
+    notebook = nbformat.read(course / "notebooks" / ASSIGNMENT / f"{NB2}.ipynb", as_version=4)
+    answers = {
+        c.id: c.source for c in nbformat.read(course / "solutions" / ASSIGNMENT / f"{NB2}.ipynb", as_version=4).cells
+    }
+    for cell in notebook.cells:
+        meta = cell.metadata.get("nbgrader", {})
+        if meta.get("solution"):
+            cell.source = answers[cell.id] if cell.cell_type == "code" else f"学生的回答 {meta['grade_id']}"
+    return notebook
+
+
 def test_formgrader_manual_grading_reaches_the_gradebook(page, lab):
-    """Autograde one student (the solution of part 2) in the lab's course, then grade W1-W3 in formgrader's page
+    """Autograde one student's part 2 in the lab's course, grade W1-W3 in formgrader's page next to the rubric,
     and read the points and comments back from nbgrader's gradebook."""
     from nbgrader.api import Gradebook
 
     course = Course(lab.course)
     course.release()
-    course.submit(
-        "solution",
-        {f"{NB2}.ipynb": nbformat.read(lab.course / "solutions" / ASSIGNMENT / f"{NB2}.ipynb", as_version=4)},
-    )
-    course.autograde("solution")
+    course.submit("student", {f"{NB2}.ipynb": student_submission(lab.course)})
+    course.autograde("student")
     with Gradebook(course.api.coursedir.db_url) as gradebook:
-        autograded_total = gradebook.find_submission(ASSIGNMENT, "solution").score
+        autograded_total = gradebook.find_submission(ASSIGNMENT, "student").score
     assert autograded_total == 25  # E6-E9 in full, W1-W3 not graded yet
 
     page.goto(f"{lab.url}/formgrader/gradebook/{ASSIGNMENT}/{NB2}")
@@ -326,22 +337,27 @@ def test_formgrader_manual_grading_reaches_the_gradebook(page, lab):
         area = page.locator(f"textarea#{grade_id}-comment")
         area.fill(comment)
         area.press("Tab")
+        answer = area.locator("xpath=ancestor::div[contains(@class, 'nbgrader_cell')]").inner_text()
+        assert f"学生的回答 {grade_id}" in answer and "评分标准 (rubric)" in answer, answer  # next to each other
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     first_answer = page.locator(f"textarea#{next(iter(WRITTEN))}-comment").locator(
         "xpath=ancestor::div[contains(@class, 'nbgrader_cell')]"
     )
-    first_answer.screenshot(path=SCREENSHOTS / "formgrader-w1.png")
+    first_answer.scroll_into_view_if_needed()
+    page.screenshot(path=SCREENSHOTS / "formgrader-w1.png")  # (an element screenshot of this page comes out blank)
 
     deadline = time.monotonic() + 30  # the page saves through formgrader's API in the background
     while True:
         with Gradebook(course.api.coursedir.db_url) as gradebook:
-            notebook = gradebook.find_submission_notebook(NB2, ASSIGNMENT, "solution")
+            notebook = gradebook.find_submission_notebook(NB2, ASSIGNMENT, "student")
             scores = {grade.name: grade.manual_score for grade in notebook.grades if grade.name in WRITTEN}
             comments = {c.name: c.manual_comment for c in notebook.comments if c.name in WRITTEN}
-            total = gradebook.find_submission(ASSIGNMENT, "solution").score
+            total = gradebook.find_submission(ASSIGNMENT, "student").score
         if all(v is not None for v in scores.values()) and all(comments.values()) or time.monotonic() > deadline:
             break
         time.sleep(0.5)
     assert scores == {grade_id: points for grade_id, (points, _) in WRITTEN.items()}
     assert comments == {grade_id: comment for grade_id, (_, comment) in WRITTEN.items()}
     assert total == autograded_total + sum(points for points, _ in WRITTEN.values())
+    feedback = course.feedback("student")[NB2]  # what the student reads: the comments, not the rubric
+    assert all(comment in feedback for _, comment in WRITTEN.values()) and "评分标准" not in feedback
