@@ -29,6 +29,11 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)) torch==$(TORCH_VERSION)
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	# nbgrader's JupyterLab extension (Validate button, formgrader) and its server side: instructors, students
+	# and the browser tests use them. They ship enabled; this re-enables them where someone turned them off.
+	$(BIN)/jupyter labextension enable --level=sys_prefix @jupyter/nbgrader >/dev/null
+	$(BIN)/jupyter server extension enable --sys-prefix \
+		nbgrader.server_extensions.formgrader nbgrader.server_extensions.validate_assignment >/dev/null 2>&1
 	# Build matplotlib's font cache now: its one-time notice goes to stderr, which would zero a graded cell.
 	$(BIN)/python -c "import matplotlib.pyplot" 2>/dev/null
 	touch $@
@@ -42,9 +47,17 @@ sandbox:
 demo: $(BIN)/.installed sandbox
 	$(BIN)/qa-kit demo
 
+# Every test, the browser tests included (they need Debian's chromium and fonts-noto-cjk, see .ci/run);
+# `$(BIN)/python -m pytest -m "not browser"` leaves the browser tests out.
 test: $(BIN)/.installed sandbox
 	$(BIN)/ruff check qa_lib tests bench
 	$(BIN)/python -m pytest
+
+# The student release: notebooks/bert_qa/ from solutions/, with the kit's wheel that its setup cells install
+# (nbgrader_config.py's default install source; QA_KIT_INSTALL_SOURCE=git+https://... names another one).
+release: $(BIN)/.installed
+	$(BIN)/nbgrader generate_assignment bert_qa --force
+	$(BIN)/python -c "from qa_lib.course.release import build_wheel; print(build_wheel('notebooks/bert_qa'))"
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

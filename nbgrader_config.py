@@ -9,6 +9,7 @@ git-ignored. ``qa_lib.course.grading`` loads this file to grade in a temporary c
 import os
 
 from nbconvert.preprocessors import ClearMetadataPreprocessor, CSSHTMLHeaderPreprocessor
+from nbgrader.converters import GenerateAssignment
 from nbgrader.preprocessors import (
     AssignLatePenalties,
     CheckCellMetadata,
@@ -24,6 +25,8 @@ from nbgrader.preprocessors import (
 
 from qa_lib.course.grading import HideHiddenTests
 from qa_lib.course.judge import Judge, SandboxedExecute, StripHiddenTests
+from qa_lib.course.release import KitRelease, wheel_name
+from qa_lib.course.rubric import ShowRubric
 
 c = get_config()  # noqa: F821 (nbgrader provides get_config when it executes this file)
 
@@ -72,3 +75,14 @@ c.Autograde.create_student = True
 # nbgrader 0.9 puts the hidden tests' source, and tracebacks quoting it, into the feedback HTML;
 # HideHiddenTests removes both (a failing hidden test shows only its error message).
 c.GenerateFeedback.preprocessors = [GetGrades, HideHiddenTests, CSSHTMLHeaderPreprocessor]
+
+# Where the released setup cells install the kit from (a Colab student has no checkout). Set it once for the
+# course, e.g. "git+https://github.com/<org>/<repo>.git@v0.1.0"; QA_KIT_INSTALL_SOURCE overrides it for one
+# release. The default is the kit's wheel, which `make release` builds next to the released notebooks.
+# KitRelease runs first, so that nbgrader's checksums and stored cells see the released setup cell.
+c.KitRelease.install_source = os.environ.get("QA_KIT_INSTALL_SOURCE") or wheel_name()
+c.GenerateAssignment.preprocessors = [KitRelease, *GenerateAssignment().preprocessors]
+
+# Formgrader shows each written answer's model answer and rubric from solutions/ under the student's answer.
+# The feedback's HTMLExporter gets this list too; ShowRubric acts on formgrader's pages only.
+c.HTMLExporter.preprocessors = [ShowRubric]

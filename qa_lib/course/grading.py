@@ -478,6 +478,8 @@ def grading_demo(say: Callable[[str], None], log_path: str | os.PathLike = "runs
         )
         with mock.patch.dict(os.environ, {UNSANDBOXED_VARIABLE: "1"}):
             return grading_demo(say, log_path)
+    from .release import build_wheel
+
     say("\n== Grading the notebooks with nbgrader (temporary course directory) ==")
     log_path = Path(log_path).resolve()
     summary: dict = {"students": {}, "log": str(log_path)}
@@ -485,6 +487,9 @@ def grading_demo(say: Callable[[str], None], log_path: str | os.PathLike = "runs
     with nbgrader_warnings_off(), stderr_to(log_path), tempfile.TemporaryDirectory(prefix="qa-kit-course-") as folder:
         course = Course.from_kit_solutions(folder)
         release = course.release()
+        # The released setup cells install the kit from this wheel (nbgrader_config.py's default install source).
+        wheel = build_wheel(release)
+        say(f"release: {release} with {wheel.name}")
         sources = course.folder("solutions")
         submissions = {
             "solution": {path.stem: nbformat.read(path, as_version=4) for path in sorted(sources.glob("*.ipynb"))},
