@@ -182,9 +182,14 @@ def command_grade(args) -> dict:
 
 
 def command_report(args) -> dict:
+    from .course.grading import GradingError
     from .course.report import write_report
+    from .data import DataFormatError
 
-    page = write_report(args.course_root, args.db_url)
+    try:
+        page = write_report(args.course_root, args.db_url)
+    except GradingError as error:
+        raise DataFormatError(str(error)) from error
     print(f"wrote {page} and the CSV files next to it")
     return {"report": str(page)}
 

@@ -20,7 +20,15 @@ from pathlib import Path
 
 import nbformat
 
-from .classroom import GRADED, Outcome, course_db_url, read_log, reports_folder, submitted_students
+from .classroom import (
+    GRADED,
+    Outcome,
+    course_db_url,
+    read_log,
+    reports_folder,
+    require_assignment,
+    submitted_students,
+)
 from .grading import ASSIGNMENT, execution_seconds, is_test_cell, nbgrader_metadata
 
 NOT_SUBMITTED = "notebook not submitted"
@@ -88,7 +96,7 @@ def verdict(cell) -> str | None:
     return str(errors[0].get("evalue", "")) or None if errors else None
 
 
-def test_messages(path: Path) -> dict[str, str | None]:
+def notebook_verdicts(path: Path) -> dict[str, str | None]:
     """``{grade id: verdict or None}`` of an autograded notebook's test cells."""
     notebook = nbformat.read(path, as_version=4)
     return {nbgrader_metadata(cell)["grade_id"]: verdict(cell) for cell in notebook.cells if is_test_cell(cell)}
@@ -98,7 +106,7 @@ def failure_message(root: Path, student: str, notebook: str, grade_id: str, cach
     key = (student, notebook)
     if key not in cache:
         path = root / "autograded" / student / ASSIGNMENT / f"{notebook}.ipynb"
-        cache[key] = test_messages(path) if path.is_file() else None
+        cache[key] = notebook_verdicts(path) if path.is_file() else None
     messages = cache[key]
     if messages is None:
         return NOT_SUBMITTED
@@ -119,7 +127,9 @@ def build_report(course_root: str | os.PathLike, db_url: str | None = None) -> C
     rows: dict[str, StudentRow] = {}
     exercise_points: dict[str, float] = {}
     messages_cache: dict = {}
-    with Gradebook(course_db_url(root, db_url)) as gradebook:
+    db_url = course_db_url(root, db_url)
+    require_assignment(db_url)
+    with Gradebook(db_url) as gradebook:
         for submission in gradebook.find_assignment(ASSIGNMENT).submissions:
             student = submission.student.id
             logged = log.get(student)
