@@ -221,7 +221,10 @@ def postgres_url():
 
 
 def test_two_shard_processes_grade_into_one_postgres_gradebook(postgres_url, sequential, tmp_path):
-    course = Course.from_kit_solutions(tmp_path / "course", {"CourseDirectory": {"db_url": postgres_url}})
+    # A course id: nbgrader files the assignment under it, and PostgreSQL (unlike SQLite) enforces that the
+    # course row exists; nbgrader creates that row only for a non-empty id.
+    settings = {"CourseDirectory": {"db_url": postgres_url, "course_id": ASSIGNMENT}}
+    course = Course.from_kit_solutions(tmp_path / "course", settings)
     course.release()
     submit_class(course, REFERENCE)
     command = [sys.executable, "-m", "qa_lib.cli", "grade", str(course.root), "--jobs", "1", "--db-url", postgres_url]
