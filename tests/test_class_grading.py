@@ -26,6 +26,7 @@ from qa_lib.course.classroom import (
     GRADED,
     TIMED_OUT,
     TIMEOUT_MARK,
+    cause,
     parse_shard,
     read_log,
     select_students,
@@ -137,6 +138,16 @@ def test_bad_shards_and_unknown_students_are_refused(text):
         select_students(["s1"], ["s1", "ghost"])
 
 
+def test_the_cause_of_a_failure_is_the_last_exception_line_of_nbgraders_log():
+    log = (
+        "Traceback (most recent call last):\n  ...\n    json.decoder.JSONDecodeError: Expecting value\n"
+        "    nbformat.reader.NotJSONError: Notebook does not appear to be JSON: '{'\n"
+        "nbgrader.converters.base.NbGraderException: Please see the above traceback\n[ERROR] There was an error"
+    )
+    assert cause(log) == "nbformat.reader.NotJSONError: Notebook does not appear to be JSON: '{'"
+    assert cause("nbgrader autograde x failed: disk full\nmore") == "nbgrader autograde x failed: disk full"
+
+
 def test_a_timed_out_kernel_is_reported_as_such():
     assert status_of(f"[AutogradeApp] WARNING | {TIMEOUT_MARK}: cell ran 300 s") == TIMED_OUT
     assert status_of("[AutogradeApp] INFO | Writing 9000 bytes") == GRADED
@@ -172,7 +183,7 @@ def test_every_grade_arrives_exactly_once(graded_class):
 def test_a_failed_grading_leaves_nothing_behind_and_is_logged(graded_class):
     course, outcomes = graded_class
     failed = next(o for o in outcomes if o.student == "unreadable")
-    assert failed.error.startswith("GradingError: nbgrader autograde unreadable failed")
+    assert failed.error.startswith("nbformat.reader.NotJSONError: Notebook does not appear to be JSON")
     assert "unreadable" not in row_counts(course.api.coursedir.db_url)["students"]
     assert not course.folder("autograded", "unreadable").exists()
     logged = read_log(course.root)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import multiprocessing
 import os
+import re
 import shutil
 import socket
 import sqlite3
@@ -33,6 +34,7 @@ import warnings
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import closing
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -153,8 +155,23 @@ def autograde_outcome(course: Course, student: str, started: float) -> Outcome:
         with nbgrader_warnings_off():
             course.autograde(student)
     except GradingError as error:
-        return Outcome(student, FAILED, time.perf_counter() - started, error=first_line(error))
+        return Outcome(student, FAILED, time.perf_counter() - started, error=cause(str(error)))
     return Outcome(student, status_of(course.last_log), time.perf_counter() - started)
+
+
+# The last "module.SomeError: message" line of nbgrader's log is the cause; its own NbGraderException ("Please
+# see the above traceback") only says that something failed.
+EXCEPTION_LINE = re.compile(r"^\s*((?:\w+\.)*\w*(?:Error|Exception|Exit|Interrupt)\b.*)$")
+
+
+def cause(text: str) -> str:
+    """The line of nbgrader's error and log that names the cause, else the first line."""
+    causes = [
+        match.group(1).strip()
+        for match in map(EXCEPTION_LINE.match, text.splitlines())
+        if match and "NbGraderException" not in match.group(1) and ":" in match.group(1)
+    ]
+    return causes[-1] if causes else (text.strip().splitlines() or [""])[0]
 
 
 def first_line(error: BaseException) -> str:
@@ -168,7 +185,7 @@ def first_line(error: BaseException) -> str:
 def snapshot_gradebook(db_url: str, folder: Path) -> Path:
     """A consistent copy of the course's SQLite gradebook (SQLite's backup API, safe while others read it)."""
     copy = folder / "template.db"
-    with sqlite3.connect(sqlite_path(db_url)) as source, sqlite3.connect(copy) as target:
+    with closing(sqlite3.connect(sqlite_path(db_url))) as source, closing(sqlite3.connect(copy)) as target:
         source.backup(target)
     return copy
 
