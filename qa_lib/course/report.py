@@ -15,7 +15,9 @@ import io
 import os
 import statistics
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import nbformat
@@ -60,6 +62,7 @@ class StudentRow:
     kernel_seconds: float = 0.0  # the kernels' cell execution, from the autograded notebooks
     error: str = ""
     exercises: dict[str, float] = field(default_factory=dict)  # exercise -> autograded points
+    in_gradebook: bool = False  # has a submission there (a failed or timed-out regrade may keep an older one)
 
 
 @dataclass
@@ -73,8 +76,8 @@ class ClassReport:
         return [row for row in self.students if row.status != GRADED]
 
     def exercise_stats(self) -> list[tuple[str, float, float, float]]:
-        """``(exercise, mean, median, max points)`` over the graded students."""
-        graded = [row for row in self.students if row.status == GRADED]
+        """``(exercise, mean, median, max points)`` over the students with a submission in the gradebook."""
+        graded = [row for row in self.students if row.in_gradebook]
         stats = []
         for name, points in self.exercise_points.items():
             scores = [row.exercises.get(name, 0.0) for row in graded] or [0.0]
@@ -126,34 +129,40 @@ def build_report(course_root: str | os.PathLike, db_url: str | None = None) -> C
     tests: dict[str, TestCell] = {}
     rows: dict[str, StudentRow] = {}
     exercise_points: dict[str, float] = {}
-    messages_cache: dict = {}
+    verdicts: dict = {}  # (student, notebook) -> that autograded notebook's verdicts
     db_url = course_db_url(root, db_url)
     require_assignment(db_url)
     with Gradebook(db_url) as gradebook:
         for submission in gradebook.find_assignment(ASSIGNMENT).submissions:
             student = submission.student.id
             logged = log.get(student)
-            row = rows[student] = StudentRow(student, logged.status if logged else GRADED)
+            row = rows[student] = StudentRow(student, logged.status if logged else GRADED, in_gradebook=True)
             if logged:
                 row.grading_seconds, row.error = logged.seconds, logged.error
             row.kernel_seconds = kernel_seconds(root, student)
             for notebook in submission.notebooks:
-                for grade in notebook.grades:
-                    if grade.cell_type != "code":
-                        continue  # written answers: graded by hand
-                    name = exercise_name(grade.name)
-                    row.score += grade.score
-                    row.max_score += grade.max_score
-                    row.exercises[name] = row.exercises.get(name, 0.0) + grade.score
-                    cell = tests.setdefault(grade.name, TestCell(notebook.name, grade.name, grade.max_score))
-                    cell.graded += 1
-                    if grade.score < grade.max_score:
-                        cell.failed += 1
-                        cell.messages[failure_message(root, student, notebook.name, grade.name, messages_cache)] += 1
+                message = partial(failure_message, root, student, notebook.name, cache=verdicts)
+                add_notebook(row, notebook, tests, message)
             exercise_points.update(exercise_maxima(submission))
     add_ungraded(rows, log, submitted_students(root))
     students = sorted(rows.values(), key=lambda row: row.student)
     return ClassReport(students, list(tests.values()), dict(sorted(exercise_points.items())))
+
+
+def add_notebook(row: StudentRow, notebook, tests: dict[str, TestCell], message: Callable[[str], str]) -> None:
+    """Count one submitted notebook's autograded cells into the student's row and the test cells' tallies."""
+    for grade in notebook.grades:
+        if grade.cell_type != "code":
+            continue  # written answers: graded by hand
+        name = exercise_name(grade.name)
+        row.score += grade.score
+        row.max_score += grade.max_score
+        row.exercises[name] = row.exercises.get(name, 0.0) + grade.score
+        cell = tests.setdefault(grade.name, TestCell(notebook.name, grade.name, grade.max_score))
+        cell.graded += 1
+        if grade.score < grade.max_score:
+            cell.failed += 1
+            cell.messages[message(grade.name)] += 1
 
 
 def exercise_maxima(submission) -> dict[str, float]:
@@ -188,7 +197,7 @@ def histogram_png(report: ClassReport) -> bytes:
     from qa_lib.plots import use_cjk_font
 
     use_cjk_font()
-    graded = [row for row in report.students if row.status == GRADED]
+    graded = [row for row in report.students if row.in_gradebook]
     figure = Figure(figsize=(7, 3.5), layout="constrained")
     axes = figure.subplots()
     top = max((row.max_score for row in graded), default=1.0) or 1.0
