@@ -193,6 +193,7 @@ def add_ungraded(rows: dict[str, StudentRow], log: dict[str, Outcome], submitted
 
 def histogram_png(report: ClassReport) -> bytes:
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state
+    from matplotlib.ticker import MaxNLocator
 
     from qa_lib.plots import use_cjk_font
 
@@ -204,6 +205,7 @@ def histogram_png(report: ClassReport) -> bytes:
     axes.hist([row.score for row in graded], bins=20, range=(0, top), color="#4878a8", edgecolor="white")
     axes.set_xlabel("自动评分 (autograded points)")
     axes.set_ylabel("学生人数 (students)")
+    axes.yaxis.set_major_locator(MaxNLocator(integer=True))  # students come whole
     axes.set_title(f"成绩分布 (score histogram): {len(graded)} 名学生 (students), 满分 (max) {top:g}")
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
