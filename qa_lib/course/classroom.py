@@ -302,7 +302,7 @@ def grade_class(
         output = reports_folder(root) / OUTPUT_NAME
         output.parent.mkdir(parents=True, exist_ok=True)
         with ProcessPoolExecutor(
-            max_workers=max(1, jobs), mp_context=context, initializer=quiet_worker, initargs=(str(output),)
+            max_workers=max(1, jobs), mp_context=context, initializer=start_worker, initargs=(str(output), jobs)
         ) as pool:
             futures: dict[Future, str] = {
                 submit_student(pool, str(root), student, db_url, template, scratch): student for student in students
@@ -320,6 +320,14 @@ def submit_student(pool, root: str, student: str, db_url: str, template: str, sc
     if template:
         return pool.submit(grade_in_private_course, root, student, template, scratch)
     return pool.submit(grade_in_place, root, student, db_url)
+
+
+def start_worker(output: str, jobs: int) -> None:
+    """Share the cores between the workers: torch in a kernel or a judge probe starts one thread per core, so
+    with N jobs on N cores every student's threads would fight the others' (OMP_NUM_THREADS reaches the
+    sandbox; an instructor's own setting wins). Then send the worker's output to a log file."""
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, default_jobs() // max(1, jobs))))
+    quiet_worker(output)
 
 
 def quiet_worker(output: str) -> None:
