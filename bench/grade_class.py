@@ -268,7 +268,11 @@ def print_runs(runs: list[dict]) -> None:
 def print_profile(label: str, profile: dict) -> None:
     print(f"\none solution student (both notebooks), autograded in this process, {label}:")
     print(f"{'phase':<52}{'calls':>6}{'wall s':>9}{'CPU s':>8}")
-    for name, entry in profile["phases"].items():
+    # The probes' entry is recorded before the judge's (they end first); print it under the judge.
+    order = [name for name in profile["phases"] if not name.startswith(" ")]
+    order.insert(order.index("judge: cases, probes, comparisons") + 1, "  of which probe subprocesses")
+    for name in order:
+        entry = profile["phases"][name]
         print(f"{name:<52}{entry['calls']:>6}{entry['wall_s']:>9.1f}{entry['cpu_s']:>8.1f}")
     for name, cells in profile["kernel_cells"].items():
         slowest = ", ".join(f"{cell} {seconds:.1f}" for cell, seconds in cells["slowest"])
