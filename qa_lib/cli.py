@@ -197,6 +197,38 @@ def command_integrity(args) -> dict:
     return {"findings": len(report.findings), "students": len(report.students)}
 
 
+def command_grade(args) -> dict:
+    from .course.classroom import GRADED, grade_command, parse_shard
+    from .course.grading import GradingError
+    from .data import DataFormatError
+
+    try:
+        shard = parse_shard(args.shard) if args.shard else None
+        students = args.students.split(",") if args.students else None
+        outcomes = grade_command(args.course_root, args.jobs, students, shard, args.db_url)
+    except (ValueError, GradingError, FileNotFoundError) as error:
+        raise DataFormatError(str(error)) from error
+    result = {"students": len(outcomes), "failed": [o.student for o in outcomes if o.status != GRADED]}
+    if result["failed"]:
+        if args.json:
+            print(json.dumps(result, ensure_ascii=False))
+        raise SystemExit(1)  # the grades that did arrive are in the gradebook; the table names the others
+    return result
+
+
+def command_report(args) -> dict:
+    from .course.grading import GradingError
+    from .course.report import write_report
+    from .data import DataFormatError
+
+    try:
+        page = write_report(args.course_root, args.db_url)
+    except GradingError as error:
+        raise DataFormatError(str(error)) from error
+    print(f"wrote {page} and the CSV files next to it")
+    return {"report": str(page)}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qa-kit", description="BERT extractive QA on CMRC 2018: a teaching kit")
     parser.add_argument("--verbose", action="store_true", help="log every data repair and drop")
@@ -272,7 +304,20 @@ def build_parser() -> argparse.ArgumentParser:
     integrity.add_argument("--json", action="store_true", help="end with one JSON line of results")
     integrity.set_defaults(run=command_integrity)
 
-    for sub in (train, predict, demo, evaluate, pretrain, check):
+    grade = commands.add_parser("grade", help="autograde every submitted student of bert_qa, N at a time")
+    grade.add_argument("course_root", nargs="?", default=".", help="course directory (holds submitted/)")
+    grade.add_argument("--jobs", type=int, help="students graded at once (default: CPU cores)")
+    grade.add_argument("--students", help="comma-separated student ids (default: every submitted student)")
+    grade.add_argument("--shard", help="i/n: grade every n-th student from the i-th (one machine of n)")
+    grade.add_argument("--db-url", help="gradebook URL, e.g. postgresql+psycopg://... (default: gradebook.db)")
+    grade.set_defaults(run=command_grade)
+
+    report = commands.add_parser("report", help="class report of bert_qa in reports/bert_qa/ (HTML + CSV)")
+    report.add_argument("course_root", nargs="?", default=".", help="course directory")
+    report.add_argument("--db-url", help="gradebook URL (default: the course's gradebook.db)")
+    report.set_defaults(run=command_report)
+
+    for sub in (train, predict, demo, evaluate, pretrain, check, grade, report):
         sub.add_argument("--json", action="store_true", help="end with one JSON line of results")
     return parser
 

@@ -50,3 +50,60 @@ def offline_tokenizer():
     from qa_lib.models import build_offline_tokenizer
 
     return build_offline_tokenizer()
+
+
+# A class with a known mix of students, each handing in notebook 1 only: the solution twice (identical
+# submissions must get identical grades), the blank release once, one buggy fixture twice, and a file that is
+# not a notebook (nbgrader's autograde fails on it).
+CLASS_MIX = {
+    "solution_a": "solution",
+    "solution_b": "solution",
+    "blank": "blank",
+    "bug_a": "end_off_by_one+argmax_dim0",
+    "bug_b": "end_off_by_one+argmax_dim0",
+    "unreadable": "unreadable",
+}
+
+
+def class_notebook(kind: str):
+    """Notebook 1 as a student of this kind hands it in: ``solution``, ``blank`` or a BUGGY fixture's name."""
+    import nbformat
+    from test_notebooks import BUGGY, NB1, RELEASE, edited, solution
+
+    if kind == "solution":
+        return solution(NB1)
+    if kind == "blank":
+        return nbformat.read(RELEASE / f"{NB1}.ipynb", as_version=4)
+    name, _, edits = BUGGY[kind]
+    assert name == NB1
+    return edited(name, *edits)
+
+
+def submission_time(student: str) -> str:
+    return f"2026-12-01 10:{sorted(CLASS_MIX).index(student):02d}:00 UTC"
+
+
+def submit_class(course, mix: dict[str, str]) -> None:
+    """Each student's notebook 1, with a distinct submission time in timestamp.txt (nbgrader reads it)."""
+    from test_notebooks import NB1
+
+    for student, kind in mix.items():
+        if kind == "unreadable":
+            course.folder("submitted", student).mkdir(parents=True)
+            (course.folder("submitted", student) / f"{NB1}.ipynb").write_text("{not a notebook")
+        else:
+            course.submit(student, {f"{NB1}.ipynb": class_notebook(kind)})
+        (course.folder("submitted", student) / "timestamp.txt").write_text(submission_time(student))
+
+
+@pytest.fixture(scope="session")
+def graded_class(tmp_path_factory):
+    """The CLASS_MIX course graded by ``grade_class`` with 3 workers on the default SQLite gradebook:
+    (course, outcomes)."""
+    from qa_lib.course.classroom import grade_class
+    from qa_lib.course.grading import Course
+
+    course = Course.from_kit_solutions(tmp_path_factory.mktemp("class"))
+    course.release()
+    submit_class(course, CLASS_MIX)
+    return course, grade_class(course.root, sorted(CLASS_MIX), jobs=3)

@@ -329,6 +329,7 @@ class Course:
         for section, values in (overrides or {}).items():
             config[section].update(values)
         self.api = NbGraderAPI(CourseDirectory(config=config), config=config)
+        self.last_log = ""  # nbgrader's log of the latest autograde (timeouts show there)
 
     @classmethod
     def from_kit_solutions(cls, root: str | os.PathLike, overrides: dict[str, dict] | None = None) -> Course:
@@ -366,6 +367,7 @@ class Course:
             # new student; the submission is stored all the same.
             warnings.simplefilter("ignore", SAWarning)
             result = self.api.autograde(ASSIGNMENT, student)
+        self.last_log = result.get("log", "")
         self._run(f"autograde {student}", result)
         return time.perf_counter() - started
 

@@ -1,0 +1,305 @@
+"""Benchmark: ``qa-kit grade`` of a generated class with 1 and with 2 workers, and where a student's CPU goes.
+
+The class: ``--students`` students (default 40) dealt round-robin over the kinds below, each handing in both
+notebooks: the solution notebooks, the blank release, every buggy fixture of tests/test_notebooks.py (the
+other notebook solved) and a few hostile submissions of tests/test_hostile_submissions.py (notebook 2 solved).
+
+1. The class is released once, then graded twice from identical copies: ``qa-kit grade --jobs 1`` and
+   ``--jobs 2``, each as a child process. Wall time gives students per minute and the speed-up; CPU per student
+   is the CPU of the child and all its descendants (workers, sandboxed kernels, judge probes).
+2. One solution student is autograded twice in this process (cold: first imports and the judge's one-off
+   caches; warm: what each further student of a long-lived worker costs) with the phases wrapped (kernel
+   execution, the judge and each of its probes) to split wall and CPU time; the autograded notebooks' cell
+   timestamps split the kernel's time by cell; cProfile lists the grading process's own CPU by function.
+
+CPU is read from /proc, not from rusage: bubblewrap's pid namespace ends with its init killed, so the CPU of a
+sandboxed kernel or probe never reaches its grandparent's rusage. A sampler thread reads utime + stime of every
+descendant every 0.2 s and keeps each process's last value, so it misses at most the last 0.2 s of each process.
+
+Speed goals (>= 1.8x with 2 jobs on 2 cores; <= 10 s of CPU per student) are printed as measured, never
+asserted. Run from the repository root: ``python bench/grade_class.py [--students N] [--jobs 1,2]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import os
+import pstats
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+import nbformat
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the fixtures: solution, buggy and hostile notebooks
+
+from test_hostile_submissions import HOSTILE  # noqa: E402
+from test_notebooks import BUGGY, NB1, NB2, RELEASE, edited, solution  # noqa: E402
+
+from qa_lib.course import judge  # noqa: E402
+from qa_lib.course.classroom import read_log  # noqa: E402
+from qa_lib.course.grading import ASSIGNMENT, Course, nbgrader_warnings_off  # noqa: E402
+
+HOSTILE_KINDS = ["blank+swallowed_errors", "blank+os_exit", "solution+floods", "solution+outlives_grading"]
+KINDS = ["solution", "blank", *BUGGY, *HOSTILE_KINDS]
+CLOSED_PORT = 9  # the network attack's target: nothing listens there (and the sandbox has no network)
+
+
+def notebooks_of(kind: str) -> dict[str, nbformat.NotebookNode]:
+    both = {NB1: solution(NB1), NB2: solution(NB2)}
+    if kind == "blank":
+        both = {name: nbformat.read(RELEASE / f"{name}.ipynb", as_version=4) for name in (NB1, NB2)}
+    elif kind in BUGGY:
+        name, _, edits = BUGGY[kind]
+        both[name] = edited(name, *edits)
+    elif kind in HOSTILE:
+        both[NB1] = HOSTILE[kind](CLOSED_PORT)
+    return {f"{name}.ipynb": notebook for name, notebook in both.items()}
+
+
+def make_class(folder: Path, students: int) -> Course:
+    course = Course.from_kit_solutions(folder)
+    course.release()
+    for number in range(students):
+        kind = KINDS[number % len(KINDS)]
+        course.submit(f"s{number:03d}_{kind.replace('+', '_')}", notebooks_of(kind))
+    return course
+
+
+# --- CPU of a process tree, from /proc ------------------------------------------------------------------------------
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_table() -> dict[int, tuple[int, str, float]]:
+    """``{pid: (parent pid, start time, CPU seconds)}`` of every process readable in /proc."""
+    table = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        # After the command: state, ppid, ..., utime (12th), stime (13th), ..., starttime (20th).
+        table[int(entry.name)] = (int(fields[1]), fields[19], (int(fields[11]) + int(fields[12])) / TICKS)
+    return table
+
+
+class TreeCPU:
+    """CPU seconds used by ``root`` and its descendants while the ``with`` block runs, sampled every 0.2 s."""
+
+    def __init__(self, root: int):
+        self.root, self.seen, self.done = root, {}, threading.Event()
+
+    def sample(self) -> None:
+        table = process_table()
+        family, grew = {self.root}, True
+        while grew:
+            more = {pid for pid, (parent, _, _) in table.items() if parent in family} - family
+            family |= more
+            grew = bool(more)
+        for pid in family & table.keys():
+            _, started, cpu = table[pid]
+            self.seen[(pid, started)] = cpu
+
+    def __enter__(self) -> TreeCPU:
+        self.sample()
+        self.before = sum(self.seen.values())  # processes alive now count from their CPU at this moment
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+        self.thread.start()
+        return self
+
+    def loop(self) -> None:
+        while not self.done.wait(0.2):
+            self.sample()
+
+    def __exit__(self, *exc) -> None:
+        self.sample()
+        self.done.set()
+        self.thread.join()
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.seen.values()) - self.before
+
+
+# --- 1. Whole-class runs ------------------------------------------------------------------------------------------
+
+
+def grade_run(template: Path, scratch: Path, jobs: int) -> dict:
+    """``qa-kit grade --jobs N`` on a fresh copy of the released class, as a child process."""
+    course = scratch / f"jobs{jobs}"
+    shutil.copytree(template, course)
+    load_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    child = subprocess.Popen(
+        [sys.executable, "-m", "qa_lib.cli", "grade", str(course), "--jobs", str(jobs)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    with TreeCPU(child.pid) as cpu:
+        output = child.stdout.read()
+        status = child.wait()
+    wall = time.perf_counter() - started
+    outcomes = read_log(course)
+    return {
+        "jobs": jobs,
+        "exit_status": status,
+        "students": len(outcomes),
+        "not_graded": sorted(s for s, o in outcomes.items() if o.status != "graded"),
+        "wall_s": wall,
+        "cpu_s": cpu.seconds,
+        "students_per_minute": 60 * len(outcomes) / wall,
+        "mean_student_wall_s": sum(o.seconds for o in outcomes.values()) / max(1, len(outcomes)),
+        "load_before": load_before,
+        "load_after": os.getloadavg()[0],
+        "table_tail": output.strip().splitlines()[-2:],
+    }
+
+
+# --- 2. One student, phase by phase -------------------------------------------------------------------------------
+
+
+def wrapped(phases: dict, name: str, function):
+    """``function`` recording its calls' wall time and CPU (this process and its descendants) under ``name``."""
+
+    def timed(*args, **kwargs):
+        wall = time.perf_counter()
+        with TreeCPU(os.getpid()) as cpu:
+            result = function(*args, **kwargs)
+        entry = phases.setdefault(name, {"calls": 0, "wall_s": 0.0, "cpu_s": 0.0})
+        entry["calls"] += 1
+        entry["wall_s"] += time.perf_counter() - wall
+        entry["cpu_s"] += cpu.seconds
+        return result
+
+    return timed
+
+
+def cell_times(path: Path) -> dict:
+    """The kernel's time by cell, from nbclient's timestamps: all cells, and the three slowest."""
+    notebook = nbformat.read(path, as_version=4)
+    durations = []
+    for cell in notebook.cells:
+        stamps = cell.get("metadata", {}).get("execution", {})
+        if "iopub.execute_input" in stamps and "shell.execute_reply" in stamps:
+            begin, end = (
+                datetime.fromisoformat(stamps[key].replace("Z", "+00:00"))
+                for key in ("iopub.execute_input", "shell.execute_reply")
+            )
+            durations.append((cell.get("id"), round((end - begin).total_seconds(), 2)))
+    return {"cells_s": sum(seconds for _, seconds in durations), "slowest": sorted(durations, key=lambda d: -d[1])[:3]}
+
+
+def profile_one(course_root: Path, student: str) -> dict:
+    """Autograde one student in this process, phases wrapped, the grading process profiled."""
+    from qa_lib.course.judge import Judge, SandboxedExecute
+
+    phases: dict = {}
+    originals = (SandboxedExecute.preprocess, Judge.preprocess, judge.run_probe)
+    SandboxedExecute.preprocess = wrapped(phases, "kernel: start, cells, shutdown", SandboxedExecute.preprocess)
+    Judge.preprocess = wrapped(phases, "judge: cases, probes, comparisons", Judge.preprocess)
+    judge.run_probe = wrapped(phases, "  of which probe subprocesses", judge.run_probe)
+    profiler = cProfile.Profile(time.process_time)
+    try:
+        course = Course(course_root)
+        wall = time.perf_counter()
+        with TreeCPU(os.getpid()) as cpu, nbgrader_warnings_off():
+            profiler.runcall(course.autograde, student)
+        total = {"calls": 1, "wall_s": time.perf_counter() - wall, "cpu_s": cpu.seconds}
+    finally:
+        SandboxedExecute.preprocess, Judge.preprocess, judge.run_probe = originals
+    measured = [entry for name, entry in phases.items() if not name.startswith(" ")]
+    phases["nbgrader and the rest (total - kernel - judge)"] = {
+        "calls": 1,
+        "wall_s": total["wall_s"] - sum(entry["wall_s"] for entry in measured),
+        "cpu_s": total["cpu_s"] - sum(entry["cpu_s"] for entry in measured),
+    }
+    phases["total autograde of one student"] = total
+    folder = course_root / "autograded" / student / ASSIGNMENT
+    kernel = {name: cell_times(folder / f"{name}.ipynb") for name in (NB1, NB2)}
+    stats = pstats.Stats(profiler)
+    top = sorted(stats.stats.items(), key=lambda item: item[1][2], reverse=True)[:8]
+    own = [(f"{Path(file).name}:{line}:{name}", round(entry[2], 2)) for (file, line, name), entry in top]
+    return {"phases": phases, "kernel_cells": kernel, "grader_own_cpu_by_function": own}
+
+
+def profile_twice(template: Path, scratch: Path, student: str) -> dict:
+    """Cold (first student of a process: imports, the judge's caches) and warm (the next one)."""
+    course_root = scratch / "profiled"
+    shutil.copytree(template, course_root)
+    return {"cold": profile_one(course_root, student), "warm": profile_one(course_root, student)}
+
+
+# --- Printing -----------------------------------------------------------------------------------------------------
+
+
+def print_runs(runs: list[dict]) -> None:
+    print(f"{'jobs':>5}{'students':>10}{'wall s':>9}{'per min':>9}{'CPU s':>8}{'CPU/student':>13}{'load':>12}")
+    for run in runs:
+        per_student = run["cpu_s"] / max(1, run["students"])
+        load = f"{run['load_before']:.1f}->{run['load_after']:.1f}"
+        print(
+            f"{run['jobs']:>5}{run['students']:>10}{run['wall_s']:>9.0f}{run['students_per_minute']:>9.2f}"
+            f"{run['cpu_s']:>8.0f}{per_student:>13.1f}{load:>12}"
+        )
+        if run["not_graded"]:
+            print(f"      not graded (failed or timed out): {', '.join(run['not_graded'])}")
+    if len(runs) > 1:
+        first, best = runs[0], max(runs, key=lambda run: run["students_per_minute"])
+        speedup = best["students_per_minute"] / first["students_per_minute"]
+        goal = "met" if speedup >= 1.8 else "NOT met"
+        print(f"speed-up jobs {best['jobs']} / jobs {first['jobs']}: {speedup:.2f}x (goal >= 1.8x on 2 cores: {goal})")
+        print(f"projected for 300 students at jobs {best['jobs']}: {300 / best['students_per_minute']:.0f} min")
+    cpu = min(run["cpu_s"] / max(1, run["students"]) for run in runs)
+    print(f"CPU per student: {cpu:.1f} s (goal <= 10 s: {'met' if cpu <= 10 else 'NOT met'})")
+
+
+def print_profile(label: str, profile: dict) -> None:
+    print(f"\none solution student (both notebooks), autograded in this process, {label}:")
+    print(f"{'phase':<52}{'calls':>6}{'wall s':>9}{'CPU s':>8}")
+    # The probes' entry is recorded before the judge's (they end first); print it under the judge.
+    order = [name for name in profile["phases"] if not name.startswith(" ")]
+    order.insert(order.index("judge: cases, probes, comparisons") + 1, "  of which probe subprocesses")
+    for name in order:
+        entry = profile["phases"][name]
+        print(f"{name:<52}{entry['calls']:>6}{entry['wall_s']:>9.1f}{entry['cpu_s']:>8.1f}")
+    for name, cells in profile["kernel_cells"].items():
+        slowest = ", ".join(f"{cell} {seconds:.1f}" for cell, seconds in cells["slowest"])
+        print(f"kernel cells of {name}: {cells['cells_s']:.1f} s in all; slowest: {slowest}")
+    print("grading process's own CPU by function (cProfile, process time, top 8 by own time):")
+    for name, seconds in profile["grader_own_cpu_by_function"]:
+        print(f"  {seconds:>6.2f} s  {name}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--students", type=int, default=40)
+    parser.add_argument("--jobs", default="1,2", help="comma-separated worker counts, one run each ('' for none)")
+    parser.add_argument("--no-profile", action="store_true", help="skip the one-student phase split")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="qa-kit-bench-class-") as scratch:
+        scratch = Path(scratch)
+        template = make_class(scratch / "template", args.students).root
+        print(f"class of {args.students} students over {len(KINDS)} kinds; {os.cpu_count()} CPUs")
+        runs = [grade_run(template, scratch, int(jobs)) for jobs in args.jobs.split(",") if jobs]
+        if runs:
+            print_runs(runs)
+        profile = None if args.no_profile else profile_twice(template, scratch, "s000_solution")
+        for label, result in (profile or {}).items():
+            print_profile(label, result)
+    print(json.dumps({"runs": runs, "profile": profile}, ensure_ascii=False, default=str))
+
+
+if __name__ == "__main__":
+    main()
