@@ -91,15 +91,22 @@ class LoadReport:
         return self.repaired_missing_start + self.repaired_misaligned + self.repaired_out_of_range
 
     def summary(self) -> str:
-        return (
-            f"{self.source}: {self.questions} questions, {self.references} references; "
-            f"repaired {self.repaired} (start -1: {self.repaired_missing_start}, "
-            f"misaligned: {self.repaired_misaligned}, out of range: {self.repaired_out_of_range}), "
-            f"stripped {self.stripped_ids} ids; kept {self.empty_questions} empty questions; "
-            f"dropped {self.dropped_references} references "
-            f"and {self.dropped_questions} questions without a usable answer; "
-            f"kept {self.unanswered_questions} such questions for prediction and scoring only"
-        )
+        """One line: the counts, then only the repairs and drops that happened (a log line stays readable)."""
+        repairs = {
+            "start -1": self.repaired_missing_start,
+            "misaligned": self.repaired_misaligned,
+            "out of range": self.repaired_out_of_range,
+        }
+        events = {
+            f"repaired {self.repaired} ({', '.join(f'{k}: {v}' for k, v in repairs.items() if v)})": self.repaired,
+            f"stripped {self.stripped_ids} ids": self.stripped_ids,
+            f"kept {self.empty_questions} empty questions": self.empty_questions,
+            f"dropped {self.dropped_references} references": self.dropped_references,
+            f"dropped {self.dropped_questions} questions without a usable answer": self.dropped_questions,
+            f"kept {self.unanswered_questions} such questions for scoring only": self.unanswered_questions,
+        }
+        happened = [event for event, count in events.items() if count] or ["nothing repaired or dropped"]
+        return "; ".join([f"{self.source}: {self.questions} questions, {self.references} references", *happened])
 
 
 def nearest_occurrence(context: str, text: str, near: int) -> int:
