@@ -113,6 +113,10 @@ def nbgrader_metadata(cell: NotebookNode) -> dict:
     return cell.get("metadata", {}).get("nbgrader", {})
 
 
+def grade_id(cell: NotebookNode) -> str | None:
+    return nbgrader_metadata(cell).get("grade_id")
+
+
 def is_test_cell(cell: NotebookNode) -> bool:
     """An autograded test cell: code with nbgrader ``grade`` and no ``solution`` flag."""
     meta = nbgrader_metadata(cell)

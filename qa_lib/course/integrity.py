@@ -39,7 +39,7 @@ import nbformat
 from nbformat import NotebookNode
 
 from .exercises import EXERCISES
-from .grading import ASSIGNMENT, kit_root
+from .grading import ASSIGNMENT, grade_id, kit_root
 
 SOLUTION_REGION = re.compile(r"### BEGIN SOLUTION\n(.*?)### END SOLUTION", re.S)
 
@@ -134,10 +134,6 @@ class Finding:
 
 
 # --- Reading the notebooks -------------------------------------------------------------------------------------
-
-
-def grade_id(cell: NotebookNode) -> str | None:
-    return cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
 
 
 def nbgrader_flags(cell: NotebookNode) -> dict:

@@ -39,6 +39,7 @@ from traitlets import Integer
 
 from . import exercises, sandbox
 from .exercises import EXERCISES
+from .grading import grade_id, is_test_cell
 
 HELPER_CELL = "test_helpers"
 PROBE_SECONDS = 240  # one sandboxed probe: every test of a notebook; a stuck one loses only unfinished tests
@@ -51,15 +52,15 @@ RESULTS_LIMIT_BYTES = 20 * 2**20
 def collect_cases(helper_source: str, test_sources: dict[str, str]) -> dict[str, list[dict]]:
     """``{grade id: cases}``: the test cells run in this process with ``check`` recording instead of checking.
     They are the instructor's cells from the gradebook; the exercise functions are only names here."""
-    recorded: dict[str, list[dict]] = {grade_id: [] for grade_id in test_sources}
+    recorded: dict[str, list[dict]] = {test_id: [] for test_id in test_sources}
     namespace: dict = {"__name__": "__judge__"}
     exec(compile(helper_source, HELPER_CELL, "exec"), namespace)
     namespace["check"] = lambda grade_id, function, cases: recorded[grade_id].extend(
         {"function": function, **case} for case in cases
     )
     namespace.update({name: name for exercise in EXERCISES.values() for name in exercise.functions})
-    for grade_id, source in test_sources.items():
-        exec(compile(source, grade_id, "exec"), namespace)
+    for test_id, source in test_sources.items():
+        exec(compile(source, test_id, "exec"), namespace)
     return recorded
 
 
@@ -79,9 +80,9 @@ def probe_jobs(answers: dict[str, str], cases: dict[str, list[dict]]) -> list[Pr
     function replaced by the library's (E5, E8): there that exercise's cell does not run and its reference is live."""
     every_reference = frozenset(name for exercise in EXERCISES.values() for name in exercise.references)
     alone, together = [], []
-    for grade_id, test_cases in cases.items():
-        (together if exercises.exercise_of(grade_id).graded_with else alone).append(
-            {"grade_id": grade_id, "cases": test_cases}
+    for test_id, test_cases in cases.items():
+        (together if exercises.exercise_of(test_id).graded_with else alone).append(
+            {"grade_id": test_id, "cases": test_cases}
         )
     cells = [{"grade_id": grade_id, "source": source} for grade_id, source in answers.items()]
     jobs = [ProbeJob(cells, alone, [], every_reference)] if alone else []
@@ -214,15 +215,6 @@ def judge_notebook(
 
 
 # --- nbgrader preprocessors ------------------------------------------------------------------------------------------
-
-
-def is_test_cell(cell: NotebookNode) -> bool:
-    meta = cell.get("metadata", {}).get("nbgrader", {})
-    return cell.cell_type == "code" and bool(meta.get("grade")) and not meta.get("solution")
-
-
-def grade_id(cell: NotebookNode) -> str | None:
-    return cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
 
 
 def without_hidden_tests(source: str) -> str:
