@@ -48,7 +48,7 @@ def random_base_model_folder(folder: str | os.PathLike, vocab_dir: str | os.Path
 
     from .models import save_model_folder, vocabulary_size
 
-    # vocab=, not vocab_file=: BertTokenizerFast ignores vocab_file= (see qa_lib.models).
+    # vocab=, not the file-path keyword: BertTokenizerFast silently ignores that one (see qa_lib.models).
     tokenizer = BertTokenizerFast(vocab=str(Path(vocab_dir) / "vocab.txt"), do_lower_case=True)
     size = vocabulary_size(tokenizer)  # the highest id + 1: vocab.txt repeats some tokens
     if size != BERT_BASE_CHINESE_VOCAB:

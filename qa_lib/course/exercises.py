@@ -119,23 +119,16 @@ def _reference_sliding_window_features(tokenizer, questions, contexts, answer_st
     return {**features, "overflow_to_sample_mapping": features["example_index"]}
 
 
-def _reference_best_span(start_logits, end_logits, context_mask, max_answer_length=100):
-    from qa_lib.decoding import best_spans
-
-    return best_spans(start_logits, end_logits, context_mask, max_answer_length)
-
-
 def _references() -> dict[str, Callable]:
-    from qa_lib import decoding, features
+    from qa_lib import features
 
     return {
         "collect_examples": _reference_collect_examples,
         "to_token_positions": features.char_to_token_positions,
         "make_optimizer": _reference_make_optimizer,
-        "argmax_positions": decoding.argmax_positions,
-        "span_accuracy": decoding.span_accuracy,
         "sliding_window_features": _reference_sliding_window_features,
-        "best_span": _reference_best_span,
+        # The library's versions under the exercises' names, as the judge's probe hands them to E5 and E8.
+        **probe.stand_ins(["argmax_positions", "span_accuracy", "best_span"]),
     }
 
 

@@ -121,7 +121,8 @@ def run_probe(job: ProbeJob, sandboxed: bool, seconds: int) -> tuple[dict[str, s
             "cells": job.cells,
             "tests": job.tests,
             "stand_ins": job.stand_ins,
-            "tokenizer": "/judge/tokenizer",
+            # Inside the sandbox the tokenizer folder is mounted at a fixed path.
+            "tokenizer": "/judge/tokenizer" if sandboxed else str(tokenizer_folder()),
             "seconds": seconds,
         }
         (scratch / "job.json").write_text(json.dumps(payload, ensure_ascii=False), encoding="utf-8")
@@ -130,9 +131,6 @@ def run_probe(job: ProbeJob, sandboxed: bool, seconds: int) -> tuple[dict[str, s
             library = stubbed_library(job.references_stubbed)
             mounts = {Path(qa_lib.__file__).resolve().parent: library, Path("/judge/tokenizer"): tokenizer_folder()}
             command = sandbox.bwrap_command(command, workdir=scratch, mounts=mounts, writable={scratch: scratch})
-        else:
-            payload["tokenizer"] = str(tokenizer_folder())
-            (scratch / "job.json").write_text(json.dumps(payload, ensure_ascii=False), encoding="utf-8")
         try:
             subprocess.run(
                 command,
