@@ -250,12 +250,14 @@ def graded_alone(namespace: dict, **stand_ins: Callable) -> Iterator[None]:
 # --- Feedback -----------------------------------------------------------------------------------------------------
 
 
-def _hidden_regions_removed(source: str) -> tuple[str, bool]:
-    """The source without its ``### BEGIN HIDDEN TESTS`` ... ``### END HIDDEN TESTS`` lines, and whether any went."""
+def hidden_regions_removed(source: str, placeholder: str | None = None) -> tuple[str, bool]:
+    """The source without its ``### BEGIN HIDDEN TESTS`` ... ``### END HIDDEN TESTS`` lines (each region replaced
+    by ``placeholder`` when given), and whether any went."""
     kept, hidden, removed = [], False, False
     for line in source.split("\n"):
         if BEGIN_HIDDEN in line:
             hidden = removed = True
+            kept += [placeholder] if placeholder is not None else []
         elif END_HIDDEN in line:
             hidden = False
         elif not hidden:
@@ -274,7 +276,7 @@ class HideHiddenTests(Preprocessor):
     def preprocess_cell(self, cell: NotebookNode, resources: dict, index: int) -> tuple[NotebookNode, dict]:
         if cell.cell_type != "code":
             return cell, resources
-        cell.source, removed = _hidden_regions_removed(cell.source)
+        cell.source, removed = hidden_regions_removed(cell.source)
         if removed or HIDDEN_PLACEHOLDER in cell.source:
             error = cell_error(cell)
             verdict = "通过 (passed)" if error is None else f"未通过 (failed): {error}"

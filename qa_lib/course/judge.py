@@ -216,18 +216,9 @@ def judge_notebook(
 
 
 def without_hidden_tests(source: str) -> str:
-    from .grading import BEGIN_HIDDEN, END_HIDDEN, HIDDEN_PLACEHOLDER
+    from .grading import HIDDEN_PLACEHOLDER, hidden_regions_removed
 
-    kept, hidden = [], False
-    for line in source.split("\n"):
-        if BEGIN_HIDDEN in line:
-            hidden = True
-            kept.append(HIDDEN_PLACEHOLDER)
-        elif END_HIDDEN in line:
-            hidden = False
-        elif not hidden:
-            kept.append(line)
-    return "\n".join(kept)
+    return hidden_regions_removed(source, HIDDEN_PLACEHOLDER)[0]
 
 
 class StripHiddenTests(NbGraderPreprocessor):
