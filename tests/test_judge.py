@@ -131,6 +131,11 @@ def test_the_sandbox_hides_the_course_and_the_network(tmp_path):
     assert result.stdout.split() == ["False", "False", "False", "offline"], result.stderr
 
 
+def test_the_sandbox_has_no_capabilities_even_when_root_starts_it():
+    command = sandbox.bwrap_command(["grep", "^CapEff", "/proc/self/status"], workdir=Path("/"))
+    assert subprocess.run(command, capture_output=True, text=True, timeout=60).stdout.split() == ["CapEff:", "0" * 16]
+
+
 def test_autograde_refuses_without_bubblewrap_unless_opted_out(monkeypatch):
     monkeypatch.setattr(sandbox, "sandbox_works", lambda: False)
     monkeypatch.delenv(sandbox.UNSANDBOXED_VARIABLE, raising=False)
@@ -156,3 +161,71 @@ def test_independent_correct_answers_pass_the_judge(answer_cell):
         cells[answer_cell] = with_body(cells[answer_cell], body)
         verdicts = judge.judge_notebook(cells, cases, sandboxed=False)
         assert verdicts == {grade_id: None for grade_id in cases}, body
+
+
+# --- The warm probe: one sandboxed server per library copy, a fresh forked child per job --------------------------
+
+EVERY_REFERENCE = frozenset(name for exercise in exercises.EXERCISES.values() for name in exercise.references)
+
+
+def observed(answer_cell: str):
+    """What the answer cell's ``observe()`` returns when a job runs it in the warm probe (None: no result)."""
+    source = answer_cell + "\ndef argmax_positions(start_logits, end_logits):\n    return observe(), []\n"
+    case = {"function": "argmax_positions", "start_logits": [[0.0]], "end_logits": [[0.0]]}
+    job = judge.ProbeJob(
+        [{"grade_id": "e4_accuracy", "source": source}], [{"grade_id": "t", "cases": [case]}], [], EVERY_REFERENCE
+    )
+    _, records = judge.run_probe(job, sandboxed=True, seconds=30)
+    return records[0]["outputs"][0][0] if records and "outputs" in records[0] else None
+
+
+LOOK_AROUND = """
+import os
+def observe():
+    processes = sorted(open(f"/proc/{pid}/comm").read().strip() for pid in os.listdir("/proc") if pid.isdigit())
+    return [processes, sorted(os.listdir("/tmp")), os.getpid()]
+"""
+
+
+def test_a_job_finds_nothing_an_earlier_job_left_behind():
+    first = observed(
+        "import os, subprocess\n"
+        "subprocess.Popen(['sleep', '600'], start_new_session=True)\n"  # a process meant to outlive the job
+        "open('/tmp/planted.py', 'w').write('x = 1')\n"
+        "def observe():\n    return os.getpid()\n"
+    )
+    assert isinstance(first, int)
+    processes, tmp, pid = observed(LOOK_AROUND)
+    assert processes == ["bwrap", "python", "python"]  # the sandbox's init, the server, this job
+    assert "planted.py" not in tmp and pid != first
+
+
+def test_a_job_cannot_reach_its_server():
+    peek = """
+import os
+def observe():
+    outcomes = []
+    for path in (f"/proc/{os.getppid()}/fd/1", f"/proc/{os.getppid()}/mem"):
+        try:
+            open(path, "wb").close()
+            outcomes.append("opened")
+        except OSError as error:
+            outcomes.append(type(error).__name__)
+    return outcomes
+"""
+    assert observed(peek) == ["PermissionError", "PermissionError"]
+
+
+def test_a_job_that_kills_its_server_does_not_touch_the_next_one():
+    observed("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\ndef observe():\n    return 1\n")
+    killed = judge.WARM_PROBES[EVERY_REFERENCE].process
+    assert killed.poll() is not None
+    assert observed("def observe():\n    return 2\n") == 2
+    assert judge.WARM_PROBES[EVERY_REFERENCE].process is not killed
+
+
+def test_the_warm_probe_refuses_to_run_outside_a_sandbox():
+    result = subprocess.run(
+        [sys.executable, "-m", "qa_lib.course.probe", "--serve", "unused"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode != 0 and "first process of a bubblewrap sandbox" in result.stderr

@@ -21,15 +21,22 @@ No record, a malformed record or a record produced twice for a test gives 0 for 
 
 from __future__ import annotations
 
+import atexit
 import json
+import os
+import select
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from subprocess import DEVNULL, PIPE
 
 import nbformat
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
@@ -37,7 +44,7 @@ from nbformat import NotebookNode
 from nbgrader.preprocessors import Execute, NbGraderPreprocessor
 from traitlets import Integer
 
-from . import exercises, sandbox
+from . import exercises, probe, sandbox
 from .exercises import EXERCISES
 from .grading import grade_id, is_test_cell
 
@@ -111,39 +118,100 @@ def tokenizer_folder() -> Path:
     return folder
 
 
+TOKENIZER_INSIDE = "/judge/tokenizer"  # where the sandbox sees the tokenizer folder
+
+
+def write_job(folder: Path, job: ProbeJob, seconds: int, tokenizer: str) -> Path:
+    payload = {"cells": job.cells, "tests": job.tests, "stand_ins": job.stand_ins, "tokenizer": tokenizer}
+    payload["seconds"] = seconds
+    (folder / probe.JOB_FILE).write_text(json.dumps(payload, ensure_ascii=False), encoding="utf-8")
+    return folder / probe.RESULTS_FILE
+
+
 def run_probe(job: ProbeJob, sandboxed: bool, seconds: int) -> tuple[dict[str, str], list[dict]]:
     """Execute a probe; returns the answer cells' errors and the test records it wrote (unparsed lines dropped)."""
-    import qa_lib
-
-    with tempfile.TemporaryDirectory(prefix="qa-kit-probe-") as scratch:
-        scratch = Path(scratch)
-        payload = {
-            "cells": job.cells,
-            "tests": job.tests,
-            "stand_ins": job.stand_ins,
-            # Inside the sandbox the tokenizer folder is mounted at a fixed path.
-            "tokenizer": "/judge/tokenizer" if sandboxed else str(tokenizer_folder()),
-            "seconds": seconds,
-        }
-        (scratch / "job.json").write_text(json.dumps(payload, ensure_ascii=False), encoding="utf-8")
-        command = [sys.executable, "-m", "qa_lib.course.probe", str(scratch / "job.json"), str(scratch / "results")]
-        if sandboxed:
-            library = stubbed_library(job.references_stubbed)
-            mounts = {Path(qa_lib.__file__).resolve().parent: library, Path("/judge/tokenizer"): tokenizer_folder()}
-            command = sandbox.bwrap_command(command, workdir=scratch, mounts=mounts, writable={scratch: scratch})
+    if sandboxed:
+        return warm_probe(job.references_stubbed).run(job, seconds)
+    with tempfile.TemporaryDirectory(prefix="qa-kit-probe-") as folder:  # the instructor opted out of the sandbox
+        results = write_job(Path(folder), job, seconds, str(tokenizer_folder()))
+        command = [sys.executable, "-m", "qa_lib.course.probe", folder]
         try:
-            subprocess.run(
-                command,
-                cwd=scratch,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                timeout=PROBE_SECONDS,
-                start_new_session=True,
-            )
+            subprocess.run(command, cwd=folder, stdin=DEVNULL, stdout=DEVNULL, stderr=DEVNULL, timeout=PROBE_SECONDS)
         except subprocess.TimeoutExpired:
-            pass  # the records written so far count; the sandbox died with its parent bwrap
-        return read_records(scratch / "results")
+            pass  # the records written so far count
+        return read_records(results)
+
+
+class WarmProbe:
+    """A sandboxed probe server (``probe.serve``) over one library copy, started once per grading process: it has
+    imported torch and transformers once and forks a fresh child for each job, instead of a new Python per job.
+
+    Start it from a thread that outlives it (bwrap's --die-with-parent follows the starting thread); a server
+    that died (killed by a job, or with its thread) is started again for the next job."""
+
+    def __init__(self, library: Path):
+        self.library, self.process, self.lock = library, None, threading.Lock()
+        self.workroot = Path(tempfile.mkdtemp(prefix="qa-kit-probe-"))
+
+    def ensure_started(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            return
+        import qa_lib
+
+        package = Path(qa_lib.__file__).resolve().parent
+        mounts = {package: self.library, Path(TOKENIZER_INSIDE): tokenizer_folder()}
+        command = [sys.executable, "-m", "qa_lib.course.probe", "--serve", TOKENIZER_INSIDE]
+        writable = {self.workroot: self.workroot}
+        command = sandbox.bwrap_command(command, workdir=self.workroot, mounts=mounts, writable=writable)
+        self.process = subprocess.Popen(command, stdin=PIPE, stdout=PIPE, stderr=DEVNULL, start_new_session=True)
+
+    def run(self, job: ProbeJob, seconds: int) -> tuple[dict[str, str], list[dict]]:
+        with self.lock:
+            self.ensure_started()
+            empty_folder(self.workroot)  # nothing an earlier job left here reaches this one
+            folder = Path(tempfile.mkdtemp(dir=self.workroot))
+            results = write_job(folder, job, seconds, TOKENIZER_INSIDE)
+            request = json.dumps({"folder": str(folder), "seconds": PROBE_SECONDS}) + "\n"
+            if not self.answered(request, PROBE_SECONDS + 30):
+                self.stop()
+            return read_records(results)
+
+    def answered(self, request: str, seconds: float) -> bool:
+        """Send one job and wait for the server's ``done`` (it has then killed whatever the job left running)."""
+        try:
+            self.process.stdin.write(request.encode("utf-8"))
+            self.process.stdin.flush()
+        except BrokenPipeError:
+            return False
+        ready, _, _ = select.select([self.process.stdout], [], [], seconds)
+        return bool(ready) and self.process.stdout.readline() == b"done\n"
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+def empty_folder(folder: Path) -> None:
+    for entry in folder.iterdir():
+        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+
+
+WARM_PROBES: dict[frozenset[str], WarmProbe] = {}
+
+
+def warm_probe(references: frozenset[str]) -> WarmProbe:
+    """This process's warm probe for a library with ``references`` stubbed (made on first use)."""
+    if references not in WARM_PROBES:
+        WARM_PROBES[references] = WarmProbe(stubbed_library(references))
+    return WARM_PROBES[references]
+
+
+@atexit.register
+def stop_warm_probes() -> None:
+    for server in WARM_PROBES.values():
+        server.stop()
+        shutil.rmtree(server.workroot, ignore_errors=True)
 
 
 def read_records(path: Path) -> tuple[dict[str, str], list[dict]]:
@@ -200,9 +268,9 @@ def judge_notebook(
 
     tokenizer = build_offline_tokenizer()
     jobs = probe_jobs(answers, cases)
-    for job in jobs:  # made once, before the probes run side by side
-        stubbed_library(job.references_stubbed)
-    tokenizer_folder()
+    for job in jobs:  # in this thread, before the probes run side by side (see WarmProbe)
+        if sandboxed:
+            warm_probe(job.references_stubbed).ensure_started()
     with ThreadPoolExecutor(max_workers=len(jobs) or 1) as pool:
         results = list(pool.map(lambda job: run_probe(job, sandboxed, seconds), jobs))
     verdicts = {}

@@ -1,11 +1,12 @@
 """Run a student's exercise functions on test cases and report what they returned, as plain data.
 
 This is the untrusted half of the judge (``qa_lib.course.judge``): it runs wherever the student's code runs —
-in the student's own kernel for the visible tests (``qa_lib.course.exercises.check``), and, when grading, as
-``python -m qa_lib.course.probe JOB RESULTS`` in a sandbox that holds a copy of ``qa_lib`` whose reference
-implementations of the exercises are stubs. It never decides anything: every output is turned into JSON
-numbers, strings, lists and dicts (tensors and numpy values converted, any other type reported by name), and
-the grader compares them with expected values in its own process.
+in the student's own kernel for the visible tests (``qa_lib.course.exercises.check``), and, when grading, in a
+sandbox that holds a copy of ``qa_lib`` whose reference implementations of the exercises are stubs: there a warm
+server (``python -m qa_lib.course.probe --serve``) forks a fresh child for each job, so that torch and transformers
+are imported once per grading process, not once per notebook. It never decides anything: every output is turned
+into JSON numbers, strings, lists and dicts (tensors and numpy values converted, any other type reported by name),
+and the grader compares them with expected values in its own process.
 
 A case is a plain dict; its ``"function"`` names the exercise function it calls and the runner below that
 builds the inputs (token encodings, fake QA models, generators) from the case's data.
@@ -14,6 +15,8 @@ builds the inputs (token encodings, fake QA models, generators) from the case's 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
 import sys
 import traceback
@@ -288,12 +291,14 @@ def run_test(test: dict, namespace: dict, tokenizer, seconds: int) -> dict:
     return {"grade_id": test["grade_id"], "outputs": outputs}
 
 
-def main(job_path: str, results_path: str) -> None:
-    with open(job_path, encoding="utf-8") as file:
-        job = json.load(file)
+def load_tokenizer(folder: str):
     from transformers import BertTokenizerFast
 
-    tokenizer = BertTokenizerFast.from_pretrained(job["tokenizer"])
+    return BertTokenizerFast.from_pretrained(folder)
+
+
+def run_job(job: dict, tokenizer, results_path: str) -> None:
+    """The answer cells, then every test's cases; one JSON line per test, flushed as it comes."""
     namespace = {"__name__": "__main__"}
     exec(PRELUDE, namespace)
     namespace.update(stand_ins(job["stand_ins"]))
@@ -306,5 +311,106 @@ def main(job_path: str, results_path: str) -> None:
             results.flush()
 
 
+def read_job(folder: str) -> dict:
+    with open(os.path.join(folder, JOB_FILE), encoding="utf-8") as file:
+        return json.load(file)
+
+
+# --- A warm probe: imports once, forks a fresh child per job ---------------------------------------------------------
+
+JOB_FILE, RESULTS_FILE = "job.json", "results"
+
+
+def forbid_inspection() -> None:
+    """No process of the sandbox may read this one's memory or file descriptors (PR_SET_DUMPABLE 0): a job's code
+    could otherwise reach the pipe to the grader or the state later jobs are forked from."""
+    import ctypes
+
+    PR_SET_DUMPABLE = 4
+    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
+
+
+def require_own_pid_namespace() -> None:
+    """Ending leftovers kills every other process in sight: only safe as the sandbox's first process."""
+    with open("/proc/1/comm", encoding="utf-8") as comm:
+        init = comm.read().strip()
+    if init != "bwrap" or os.getpid() != 2:
+        raise SystemExit("the warm probe runs only as the first process of a bubblewrap sandbox")
+
+
+def run_forked_job(folder: str, tokenizer) -> None:
+    """In the forked child: the job in ``folder``, with no way to talk to the grader; never returns."""
+    try:
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for descriptor in (0, 1, 2):
+            os.dup2(devnull, descriptor)
+        os.chdir(folder)
+        run_job(read_job(folder), tokenizer, os.path.join(folder, RESULTS_FILE))
+    finally:
+        os._exit(0)
+
+
+def wait_or_kill(pid: int, seconds: float) -> None:
+    import select
+
+    with os.fdopen(os.pidfd_open(pid), "rb", buffering=0) as child:
+        select.select([child], [], [], seconds)
+
+
+def end_leftovers() -> None:
+    """Kill every process of the sandbox but this one (a job's child and anything it started), reap them, and
+    empty /tmp, so that the next job starts from what this process holds and nothing a job left behind."""
+    try:
+        os.kill(-1, signal.SIGKILL)
+    except ProcessLookupError:
+        pass  # nothing else was running
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            break
+    for entry in os.scandir("/tmp"):
+        if os.path.ismount(entry.path):
+            continue  # the grader's job folder (it empties that one itself)
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            os.unlink(entry.path)
+    os.makedirs(os.environ.get("HOME", "/tmp/home"), exist_ok=True)
+
+
+def serve(tokenizer_folder: str) -> None:
+    """Read job folders from stdin, one per line; run each in a forked child; answer ``done`` when it has ended.
+
+    Python, torch, transformers and the tokenizer are loaded once instead of once per job: most of a probe's
+    cost. Each child starts from this process's state, in which no student code has ever run."""
+    require_own_pid_namespace()
+    tokenizer = load_tokenizer(tokenizer_folder)
+    from IPython.core.inputtransformer2 import TransformerManager  # noqa: F401 (imported once, for every child)
+
+    from qa_lib import decoding  # noqa: F401 (the stand-ins' module)
+
+    forbid_inspection()
+    sys.path[:] = [path for path in sys.path if path not in ("", os.getcwd())]  # a job's files are never modules
+    for line in sys.stdin:
+        request = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            run_forked_job(request["folder"], tokenizer)
+        wait_or_kill(pid, request["seconds"])
+        end_leftovers()
+        print("done", flush=True)
+
+
+def main(arguments: list[str]) -> None:
+    """``--serve TOKENIZER`` (the warm probe) or ``FOLDER`` (one job, in a Python of its own)."""
+    if arguments[0] == "--serve":
+        serve(arguments[1])
+    else:
+        job = read_job(arguments[0])
+        run_job(job, load_tokenizer(job["tokenizer"]), os.path.join(arguments[0], RESULTS_FILE))
+
+
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main(sys.argv[1:])

@@ -107,7 +107,8 @@ def bwrap_command(
     """``command`` inside a new root holding only the system, Python, ``mounts`` (``{inside: outside}``,
     read-only) and ``writable`` (``{inside: outside}``) folders; ``workdir`` is where it starts; the environment
     is ``env`` (default: this process's) cleaned of everything a kernel does not need."""
-    args = ["bwrap", "--die-with-parent", "--new-session", "--unshare-all", "--clearenv"]
+    # --cap-drop ALL: run by root (CI, Colab, many servers), bwrap otherwise keeps root's capabilities inside.
+    args = ["bwrap", "--die-with-parent", "--new-session", "--unshare-all", "--cap-drop", "ALL", "--clearenv"]
     args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--dir", "/tmp/home"]
     for folder in SYSTEM_FOLDERS:
         if os.path.islink(folder):
