@@ -23,8 +23,7 @@ from nbgrader.preprocessors import (
     SaveAutoGrades,
 )
 
-from qa_lib.course.grading import HideHiddenTests
-from qa_lib.course.judge import Judge, SandboxedExecute, StripHiddenTests
+from qa_lib.course.judge import HideHiddenTests, Judge, SandboxedExecute, StripHiddenTests
 from qa_lib.course.release import KitRelease, wheel_name
 from qa_lib.course.rubric import ShowRubric
 

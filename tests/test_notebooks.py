@@ -21,7 +21,6 @@ from qa_lib.course.grading import (
     BEGIN_HIDDEN,
     END_HIDDEN,
     Course,
-    HideHiddenTests,
     ReferenceSolutionCalled,
     autograded_points,
     check_notebook,
@@ -29,6 +28,7 @@ from qa_lib.course.grading import (
     graded_alone,
     reference_disabled,
 )
+from qa_lib.course.judge import HideHiddenTests
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTIONS, RELEASE = ROOT / "solutions" / ASSIGNMENT, ROOT / "notebooks" / ASSIGNMENT

@@ -11,11 +11,12 @@ writes them.
 - :func:`check_notebook` (``qa-kit check``) runs a notebook's visible tests like ``nbgrader validate`` but
   reports failing grade cells by grade id and fails with a non-zero exit status (``nbgrader validate``
   exits 0 even when tests fail).
-- :class:`HideHiddenTests` is the feedback preprocessor registered in ``nbgrader_config.py``: nbgrader 0.9
+- ``judge.HideHiddenTests`` is the feedback preprocessor registered in ``nbgrader_config.py``: nbgrader 0.9
   puts the hidden tests' source, and tracebacks quoting it, into the feedback HTML.
 - :func:`grading_demo` runs the whole instructor workflow in a temporary course directory.
 
-Nothing here imports torch or transformers at module level: ``nbgrader_config.py`` imports this module.
+Nothing here imports torch, transformers or nbformat at module level: every graded notebook's first cell imports
+this module, and nbformat's JSON-schema machinery alone costs about a second per kernel.
 """
 
 from __future__ import annotations
@@ -31,12 +32,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from unittest import mock
 
-import nbformat
-from nbconvert.preprocessors import Preprocessor
-from nbformat import NotebookNode
-from traitlets import Bool
+if TYPE_CHECKING:
+    from nbformat import NotebookNode
 
 ASSIGNMENT = "bert_qa"
 EXECUTION_VARIABLE = "NBGRADER_EXECUTION"  # nbgrader sets it to "autograde" or "validate" in the kernel's env
@@ -184,6 +184,8 @@ def execute_notebook(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: notebook not found")
+    import nbformat
+
     notebook = nbformat.read(path, as_version=4)
     client = NotebookClient(
         notebook,
@@ -265,26 +267,6 @@ def hidden_regions_removed(source: str, placeholder: str | None = None) -> tuple
     return "\n".join(kept), removed
 
 
-class HideHiddenTests(Preprocessor):
-    """Feedback preprocessor: in every cell with a hidden-test region, drop the region and replace the cell's
-    outputs (tracebacks quote the failing line) by one line saying whether the hidden tests passed, with the
-    error's message when they did not."""
-
-    # nbconvert preprocessors are off unless enabled; this one is registered in nbgrader_config.py to run.
-    enabled = Bool(True).tag(config=True)
-
-    def preprocess_cell(self, cell: NotebookNode, resources: dict, index: int) -> tuple[NotebookNode, dict]:
-        if cell.cell_type != "code":
-            return cell, resources
-        cell.source, removed = hidden_regions_removed(cell.source)
-        if removed or HIDDEN_PLACEHOLDER in cell.source:
-            error = cell_error(cell)
-            verdict = "通过 (passed)" if error is None else f"未通过 (failed): {error}"
-            summary = HIDDEN_FEEDBACK.format(verdict=verdict)
-            cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=summary)]
-        return cell, resources
-
-
 # --- A course directory: release, submit, autograde, feedback -----------------------------------------------------
 
 
@@ -358,6 +340,8 @@ class Course:
 
     def submit(self, student: str, notebooks: dict[str, NotebookNode]) -> None:
         """Put ``{file name: notebook}`` in the student's submission folder (notebooks left out score 0)."""
+        import nbformat
+
         folder = self.folder("submitted", student)
         folder.mkdir(parents=True, exist_ok=True)
         for name, notebook in notebooks.items():
@@ -458,6 +442,8 @@ def stderr_to(log_path: Path) -> Iterator[None]:
 def grade_rows(course: Course, student: str, names: list[str], log_path: Path) -> list[str]:
     """The grade table's rows of one student: one per notebook, one line saying so for a notebook nbgrader
     could not grade (the reason is in its log)."""
+    import nbformat
+
     rows = []
     grades = course.grades(student)
     for name in names:
@@ -476,6 +462,8 @@ def grading_demo(say: Callable[[str], None], log_path: str | os.PathLike = "runs
     report.
 
     nbgrader's own output (its INFO lines, the kernels' warnings) goes to ``log_path``, not to the table."""
+    import nbformat
+
     from .integrity import integrity_lines
     from .sandbox import UNSANDBOXED_VARIABLE, sandbox_works, unsandboxed_by_choice
 

@@ -40,13 +40,14 @@ from subprocess import DEVNULL, PIPE
 
 import nbformat
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
+from nbconvert.preprocessors import Preprocessor
 from nbformat import NotebookNode
 from nbgrader.preprocessors import Execute, NbGraderPreprocessor
-from traitlets import Integer
+from traitlets import Bool, Integer
 
 from . import exercises, probe, sandbox
 from .exercises import EXERCISES
-from .grading import grade_id, is_test_cell
+from .grading import HIDDEN_FEEDBACK, HIDDEN_PLACEHOLDER, cell_error, grade_id, hidden_regions_removed, is_test_cell
 
 HELPER_CELL = "test_helpers"
 PROBE_SECONDS = 240  # one sandboxed probe: every test of a notebook; a stuck one loses only unfinished tests
@@ -283,9 +284,27 @@ def judge_notebook(
 # --- nbgrader preprocessors ------------------------------------------------------------------------------------------
 
 
-def without_hidden_tests(source: str) -> str:
-    from .grading import HIDDEN_PLACEHOLDER, hidden_regions_removed
+class HideHiddenTests(Preprocessor):
+    """Feedback preprocessor: in every cell with a hidden-test region, drop the region and replace the cell's
+    outputs (tracebacks quote the failing line) by one line saying whether the hidden tests passed, with the
+    error's message when they did not."""
 
+    # nbconvert preprocessors are off unless enabled; this one is registered in nbgrader_config.py to run.
+    enabled = Bool(True).tag(config=True)
+
+    def preprocess_cell(self, cell: NotebookNode, resources: dict, index: int) -> tuple[NotebookNode, dict]:
+        if cell.cell_type != "code":
+            return cell, resources
+        cell.source, removed = hidden_regions_removed(cell.source)
+        if removed or HIDDEN_PLACEHOLDER in cell.source:
+            error = cell_error(cell)
+            verdict = "通过 (passed)" if error is None else f"未通过 (failed): {error}"
+            summary = HIDDEN_FEEDBACK.format(verdict=verdict)
+            cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=summary)]
+        return cell, resources
+
+
+def without_hidden_tests(source: str) -> str:
     return hidden_regions_removed(source, HIDDEN_PLACEHOLDER)[0]
 
 
