@@ -35,6 +35,7 @@ import threading
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import NamedTuple
 
 import nbformat
 
@@ -50,6 +51,7 @@ from qa_lib.course.grading import ASSIGNMENT, Course, nbgrader_warnings_off  # n
 
 HOSTILE_KINDS = ["blank+swallowed_errors", "blank+os_exit", "solution+floods", "solution+outlives_grading"]
 KINDS = ["solution", "blank", *BUGGY, *HOSTILE_KINDS]
+PROBE_PHASE = "  of which probe jobs (forked by the warm probes)"
 CLOSED_PORT = 9  # the network attack's target: nothing listens there (and the sandbox has no network)
 
 
@@ -79,18 +81,31 @@ def make_class(folder: Path, students: int) -> Course:
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def process_table() -> dict[int, tuple[int, str, float]]:
-    """``{pid: (parent pid, start time, CPU seconds)}`` of every process readable in /proc."""
+class Process(NamedTuple):
+    parent: int
+    started: str
+    cpu: float
+    warm_probe: bool
+
+
+WARM_PROBE_MARK = b"qa_lib.course.probe\x00--serve"
+
+
+def process_table() -> dict[int, Process]:
+    """Every process readable in /proc. A warm probe server's CPU includes its reaped children's (cutime,
+    cstime): its jobs are forked children that often end within one sampling period."""
     table = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
             fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+            warm_probe = WARM_PROBE_MARK in Path(entry.path, "cmdline").read_bytes()
         except OSError:
             continue  # ended meanwhile
-        # After the command: state, ppid, ..., utime (12th), stime (13th), ..., starttime (20th).
-        table[int(entry.name)] = (int(fields[1]), fields[19], (int(fields[11]) + int(fields[12])) / TICKS)
+        # After the command: state, ppid, ..., utime (12th), stime (13th), cutime, cstime, ..., starttime (20th).
+        cpu = sum(int(field) for field in fields[11 : 15 if warm_probe else 13]) / TICKS
+        table[int(entry.name)] = Process(int(fields[1]), fields[19], cpu, warm_probe)
     return table
 
 
@@ -102,14 +117,14 @@ class TreeCPU:
 
     def sample(self) -> None:
         table = process_table()
-        family, grew = {self.root}, True
-        while grew:
-            more = {pid for pid, (parent, _, _) in table.items() if parent in family} - family
+        family, walked, grew = {self.root}, {self.root}, True
+        while grew:  # below a warm probe server nothing is walked: its own entry already counts its jobs
+            more = {pid for pid, process in table.items() if process.parent in walked} - family
             family |= more
+            walked |= {pid for pid in more if not table[pid].warm_probe}
             grew = bool(more)
         for pid in family & table.keys():
-            _, started, cpu = table[pid]
-            self.seen[(pid, started)] = cpu
+            self.seen[(pid, table[pid].started)] = table[pid].cpu
 
     def __enter__(self) -> TreeCPU:
         self.sample()
@@ -209,7 +224,7 @@ def profile_one(course_root: Path, student: str) -> dict:
     originals = (SandboxedExecute.preprocess, Judge.preprocess, judge.run_probe)
     SandboxedExecute.preprocess = wrapped(phases, "kernel: start, cells, shutdown", SandboxedExecute.preprocess)
     Judge.preprocess = wrapped(phases, "judge: cases, probes, comparisons", Judge.preprocess)
-    judge.run_probe = wrapped(phases, "  of which probe subprocesses", judge.run_probe)
+    judge.run_probe = wrapped(phases, PROBE_PHASE, judge.run_probe)
     profiler = cProfile.Profile(time.process_time)
     try:
         course = Course(course_root)
@@ -270,7 +285,7 @@ def print_profile(label: str, profile: dict) -> None:
     print(f"{'phase':<52}{'calls':>6}{'wall s':>9}{'CPU s':>8}")
     # The probes' entry is recorded before the judge's (they end first); print it under the judge.
     order = [name for name in profile["phases"] if not name.startswith(" ")]
-    order.insert(order.index("judge: cases, probes, comparisons") + 1, "  of which probe subprocesses")
+    order.insert(order.index("judge: cases, probes, comparisons") + 1, PROBE_PHASE)
     for name in order:
         entry = profile["phases"][name]
         print(f"{name:<52}{entry['calls']:>6}{entry['wall_s']:>9.1f}{entry['cpu_s']:>8.1f}")
