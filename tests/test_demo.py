@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -68,3 +69,22 @@ def test_demo_grade_table_rows_are_contiguous_and_grades_right(demo):
     grades = results["grading"]["students"]
     assert all(g["score"] == g["max_score"] > 0 for g in grades["solution"].values())
     assert all(g["score"] == 0 for g in grades["blank"].values())
+
+
+def test_readme_states_the_data_numbers_the_demo_prints(demo):
+    """Issue #13, item 9: every number in the README is one the kit's own commands print."""
+    text = "\n".join(demo[0])
+    windows, questions = (
+        int(n) for n in re.search(r"(\d+) windows of 512 tokens \(stride 128\) for (\d+)", text).groups()
+    )
+    truncation = re.search(r"\(truncation\): ([\d.]+)%", text).group(1)
+    sliding = re.search(r"\(sliding windows\):\s+([\d.]+)%", text).group(1)
+    oracle = re.search(r"oracle EM/F1 .*?: ([\d.]+ / [\d.]+)", text).group(1)
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## What `make demo` shows") :][:1000]
+    for stated in (
+        f"{windows:,} windows of 512 tokens (stride 128) for {questions:,} questions",
+        f"{truncation}% with truncation, {sliding}% with sliding windows",
+        f"official metric: {oracle}",
+    ):
+        assert stated in " ".join(section.split()), stated

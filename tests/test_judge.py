@@ -224,6 +224,19 @@ def test_a_job_that_kills_its_server_does_not_touch_the_next_one():
     assert judge.WARM_PROBES[EVERY_REFERENCE].process is not killed
 
 
+def test_a_result_file_replaced_by_a_link_is_not_followed(tmp_path):
+    forged = tmp_path / "forged"  # a file of the grader's machine, outside the sandbox
+    forged.write_text('{"cell_errors": {}}\n{"grade_id": "t", "outputs": [[["forged"], []]]}\n', encoding="utf-8")
+    swap = f"""
+import os
+def observe():
+    os.unlink("results")
+    os.symlink({str(forged)!r}, "results")
+    return "honest"
+"""
+    assert observed(swap) is None
+
+
 def test_the_warm_probe_refuses_to_run_outside_a_sandbox():
     result = subprocess.run(
         [sys.executable, "-m", "qa_lib.course.probe", "--serve", "unused"], capture_output=True, text=True, timeout=120
