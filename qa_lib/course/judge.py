@@ -24,19 +24,16 @@ from __future__ import annotations
 import atexit
 import json
 import os
-import select
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from subprocess import DEVNULL, PIPE
+from subprocess import DEVNULL
 
 import nbformat
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
@@ -143,59 +140,30 @@ def run_probe(job: ProbeJob, sandboxed: bool, seconds: int) -> tuple[dict[str, s
         return read_records(results)
 
 
-class WarmProbe:
+class WarmProbe(sandbox.WarmServer):
     """A sandboxed probe server (``probe.serve``) over one library copy, started once per grading process: it has
-    imported torch and transformers once and forks a fresh child for each job, instead of a new Python per job.
-
-    Start it from a thread that outlives it (bwrap's --die-with-parent follows the starting thread); a server
-    that died (killed by a job, or with its thread) is started again for the next job."""
+    imported torch and transformers once and forks a fresh child for each job, instead of a new Python per job."""
 
     def __init__(self, library: Path):
-        self.library, self.process, self.lock = library, None, threading.Lock()
-        self.workroot = Path(tempfile.mkdtemp(prefix="qa-kit-probe-"))
-
-    def ensure_started(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            return
         import qa_lib
 
         package = Path(qa_lib.__file__).resolve().parent
-        mounts = {package: self.library, Path(TOKENIZER_INSIDE): tokenizer_folder()}
+        mounts = {package: library, Path(TOKENIZER_INSIDE): tokenizer_folder()}
         command = [sys.executable, "-m", "qa_lib.course.probe", "--serve", TOKENIZER_INSIDE]
-        writable = {self.workroot: self.workroot}
-        command = sandbox.bwrap_command(command, workdir=self.workroot, mounts=mounts, writable=writable)
-        self.process = subprocess.Popen(command, stdin=PIPE, stdout=PIPE, stderr=DEVNULL, start_new_session=True)
+        super().__init__(command, Path(tempfile.mkdtemp(prefix="qa-kit-probe-")), mounts, os.environ)
 
     def run(self, job: ProbeJob, seconds: int) -> tuple[dict[str, str], list[dict]]:
         with self.lock:
             self.ensure_started()
-            empty_folder(self.workroot)  # nothing an earlier job left here reaches this one
+            sandbox.empty_folder(self.workroot)
             folder = Path(tempfile.mkdtemp(dir=self.workroot))
             results = write_job(folder, job, seconds, TOKENIZER_INSIDE)
-            request = json.dumps({"folder": str(folder), "seconds": PROBE_SECONDS}) + "\n"
-            if not self.answered(request, PROBE_SECONDS + 30):
+            # The server answers "done" once it has killed whatever the job left running.
+            if not self.send(json.dumps({"folder": str(folder), "seconds": PROBE_SECONDS})) or (
+                self.reply(PROBE_SECONDS + 30) != "done"
+            ):
                 self.stop()
             return read_records(results)
-
-    def answered(self, request: str, seconds: float) -> bool:
-        """Send one job and wait for the server's ``done`` (it has then killed whatever the job left running)."""
-        try:
-            self.process.stdin.write(request.encode("utf-8"))
-            self.process.stdin.flush()
-        except BrokenPipeError:
-            return False
-        ready, _, _ = select.select([self.process.stdout], [], [], seconds)
-        return bool(ready) and self.process.stdout.readline() == b"done\n"
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-
-
-def empty_folder(folder: Path) -> None:
-    for entry in folder.iterdir():
-        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
 
 
 WARM_PROBES: dict[frozenset[str], WarmProbe] = {}
@@ -352,6 +320,8 @@ class SandboxedExecute(Execute):
 
     def preprocess(self, nb, resources=None, km=None):
         self.deadline = time.monotonic() + self.notebook_seconds
+        if sandbox.warm_kernels_wanted():
+            sandbox.warm_kernels().ensure_started()  # in this thread, which outlives it (see WarmServer)
         try:
             nb, resources = super().preprocess(nb, resources, km=km)
         except (DeadKernelError, CellTimeoutError) as error:

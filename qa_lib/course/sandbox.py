@@ -13,16 +13,22 @@ students' own Validate / ``qa-kit check`` uses the sandbox only when it is there
 from __future__ import annotations
 
 import ast
+import atexit
 import functools
+import json
 import os
+import select
 import shutil
+import signal
 import site
 import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from subprocess import DEVNULL, PIPE
 
 from jupyter_client.manager import AsyncKernelManager
 
@@ -87,11 +93,15 @@ def python_folders() -> list[Path]:
     return sorted({Path(folder).resolve() for folder in folders if folder and os.path.isdir(folder)})
 
 
-def clean_environment(source: Mapping[str, str]) -> list[str]:
-    """``--setenv`` arguments for the variables of ``source`` a kernel needs; everything else (tokens, database
-    URLs) stays out."""
+def kernel_environment(source: Mapping[str, str]) -> dict[str, str]:
+    """The variables of ``source`` a kernel needs; everything else (tokens, database URLs) stays out."""
     kept = {k: v for k, v in source.items() if k in KEPT_VARIABLES or k.startswith(KEPT_PREFIXES)}
-    kept = {"HOME": "/tmp/home", "MPLCONFIGDIR": "/tmp/matplotlib", "PYTHONDONTWRITEBYTECODE": "1", **kept}
+    return {"HOME": "/tmp/home", "MPLCONFIGDIR": "/tmp/matplotlib", "PYTHONDONTWRITEBYTECODE": "1", **kept}
+
+
+def clean_environment(source: Mapping[str, str]) -> list[str]:
+    """``--setenv`` arguments for :func:`kernel_environment`."""
+    kept = kernel_environment(source)
     return [arg for name, value in sorted(kept.items()) for arg in ("--setenv", name, value)]
 
 
@@ -156,18 +166,116 @@ def jieba_cache() -> dict[Path, Path]:
     return {Path("/tmp/jieba.cache"): cache} if cache.is_file() else {}
 
 
+# --- Warm servers ----------------------------------------------------------------------------------------------
+
+
+class WarmServer:
+    """A sandboxed server started once per grading process that does one job at a time, asked over its stdin and
+    answering on its stdout, one line each: the judge's warm probes and the warm grading kernels.
+
+    Start it from a thread that outlives it (bwrap's --die-with-parent follows the starting thread); a server that
+    died (killed by a job, or with its thread) is started again for the next job."""
+
+    def __init__(self, command: Sequence[str], workroot: Path, mounts: Mapping[Path, Path], env: Mapping[str, str]):
+        self.command, self.workroot, self.mounts, self.env = list(command), workroot, mounts, env
+        self.process: subprocess.Popen | None = None
+        self.lock = threading.Lock()  # held for a whole job
+
+    def ensure_started(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            return
+        writable = {self.workroot: self.workroot}
+        command = bwrap_command(
+            self.command, workdir=self.workroot, mounts=self.mounts, writable=writable, env=self.env
+        )
+        self.process = subprocess.Popen(command, stdin=PIPE, stdout=PIPE, stderr=DEVNULL, start_new_session=True)
+
+    def send(self, line: str) -> bool:
+        try:
+            self.process.stdin.write(line.encode("utf-8") + b"\n")
+            self.process.stdin.flush()
+        except BrokenPipeError:
+            return False
+        return True
+
+    def reply(self, seconds: float | None) -> str | None:
+        """The server's next line; None when none came within ``seconds``, "" when the server has ended."""
+        ready, _, _ = select.select([self.process.stdout], [], [], seconds)
+        return self.process.stdout.readline().decode("utf-8", errors="replace").strip() if ready else None
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+def empty_folder(folder: Path, keep: Iterable[Path] = ()) -> None:
+    """Remove everything in ``folder`` but ``keep``: nothing an earlier job left there reaches the next one."""
+    kept = set(keep)
+    for entry in folder.iterdir():
+        if entry in kept:
+            continue
+        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+
+
 # --- Kernels -----------------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def kernels_folder() -> Path:
+    """Where this process's grading kernels keep their sockets and scratch copies (one folder for the warm server
+    to share with its kernels)."""
+    return Path(tempfile.mkdtemp(prefix="qa-kit-kernels-"))
+
+
+STARTUP_SECONDS = 120  # a warm kernel server imports torch, transformers and the kit before its first kernel
+
+
+class WarmKernels(WarmServer):
+    """The warm kernel server (``qa_lib.course.warm_kernel``) of this grading process, sandboxed like any kernel."""
+
+    def __init__(self):
+        root = kernels_folder()
+        self.caches = root / "caches"  # kept between kernels: the server loaded them before any student code ran
+        env = {**os.environ, **warm_caches(self.caches), "NBGRADER_EXECUTION": "autograde"}
+        command = [sys.executable, "-m", "qa_lib.course.warm_kernel"]
+        super().__init__(command, root, {**kit_package(), **jieba_cache()}, env)
+
+    def fork_kernel(self, private: Path, request: dict):
+        """A kernel forked for ``request`` (the caller holds ``self.lock``, released when the kernel has ended)."""
+        from .warm_kernel import ForkedKernel
+
+        self.ensure_started()
+        empty_folder(self.workroot, keep=(private, self.caches))
+        if not self.send(json.dumps(request)) or self.reply(STARTUP_SECONDS) != "started":
+            self.stop()
+            self.lock.release()
+            raise RuntimeError("the warm kernel server did not start a kernel")
+        return ForkedKernel(self)
+
+
+@functools.cache
+def warm_kernels() -> WarmKernels:
+    server = WarmKernels()
+    atexit.register(server.stop)
+    return server
+
+
+def warm_kernels_wanted() -> bool:
+    """Autograde with the sandbox: kernels fork from the warm server (validate and ``qa-kit check`` start their own)."""
+    return os.environ.get("NBGRADER_EXECUTION") == "autograde" and require_sandbox()
 
 
 class SandboxedKernelManager(AsyncKernelManager):
     """A kernel in a bubblewrap sandbox, connected over ipc sockets in a private folder.
 
-    Used for nbgrader's Execute (autograde and validate). Without bubblewrap: autograde refuses (see
+    Used for nbgrader's Execute (autograde and validate). Under autograde the kernel is forked by this process's
+    warm kernel server when it is free (``qa_lib.course.warm_kernel``). Without bubblewrap: autograde refuses (see
     :func:`require_sandbox`), validate runs the kernel as usual."""
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.private = Path(tempfile.mkdtemp(prefix="qa-kit-kernel-"))
+        self.private = Path(tempfile.mkdtemp(prefix="qa-kit-kernel-", dir=kernels_folder()))
         self.transport = "ipc"
         self.ip = str(self.private / "kernel")
         self.connection_file = str(self.private / "connection.json")
@@ -183,12 +291,27 @@ class SandboxedKernelManager(AsyncKernelManager):
             return command, kw
         workdir = Path(kw.get("cwd") or os.getcwd()).resolve()
         scratch = scratch_copy(workdir, self.private / "scratch")
+        env = kw.get("env") or os.environ  # nbclient put NBGRADER_EXECUTION there
+        if warm_kernels_wanted() and warm_kernels().lock.acquire(blocking=False):
+            server = warm_kernels()
+            self.provisioner = self.forked_provisioner(server)
+            env = {**kernel_environment(env), "MPLCONFIGDIR": server.env["MPLCONFIGDIR"]}
+            return command, {**kw, "cwd": str(scratch), "env": env}
         writable = {self.private: self.private, workdir: scratch}  # the scratch copy sits at the notebook's path
-        env = {**(kw.get("env") or os.environ), **warm_caches(self.private)}  # nbclient put NBGRADER_EXECUTION there
+        env = {**env, **warm_caches(self.private)}
         kw["stdout"] = subprocess.DEVNULL  # the kernel's own banner ("To connect another client ...")
         return bwrap_command(
             command, workdir=workdir, mounts={**kit_package(), **jieba_cache()}, writable=writable, env=env
         ), kw
+
+    def forked_provisioner(self, server: WarmKernels):
+        from .warm_kernel import ForkedKernelProvisioner
+
+        forked = ForkedKernelProvisioner(
+            server, self.private, kernel_id=self.kernel_id, kernel_spec=self.kernel_spec, parent=self
+        )
+        forked.connection_info = self.provisioner.connection_info
+        return forked
 
     async def interrupt_kernel(self) -> None:
         """Over the control channel: a SIGINT to bwrap would not reach a kernel in its own session."""
