@@ -77,10 +77,8 @@ PRESETS: dict[str, TrainConfig] = {
     # The recipe published with Chinese-BERT-wwm for bert-base-chinese on CMRC 2018 (dev EM 65.5 / F1 84.5
     # with the full 10k training set): 512/128 windows, lr 3e-5, batch 32, 2 epochs, fp16 on a T4.
     "colab-t4": TrainConfig(),
-    # The offline demo: tiny random BERT, synthetic data, two CPU cores, a few minutes. The assignment at a
-    # quarter of its scale (128-token windows), and three settings without which a BERT trained from scratch
-    # learnt nothing in that time (measured; see qa_lib.course.demo): no answerless windows, larger initial weights
-    # (attention is near uniform with BERT's 0.02), no dropout (there is no pretraining to protect).
+    # The offline demo (tiny random BERT, synthetic data, CPU minutes): the assignment at a quarter of its scale,
+    # with what a BERT trained from scratch needs to learn that fast (bench/RESULTS.md, "Demo tuning log").
     "cpu-demo": TrainConfig(
         model="offline-tiny",
         max_length=128,
@@ -95,7 +93,8 @@ PRESETS: dict[str, TrainConfig] = {
         save_every_steps=None,
         eval_batch_size=64,
         max_answer_length=30,
-        answerless_windows=0.0,
+        answerless_windows=0.0,  # with them, a BERT from scratch learns to answer [CLS] everywhere
+        # initializer_range: BERT's 0.02 leaves attention near uniform; no dropout: no pretraining to protect
         model_overrides={"initializer_range": 0.1, "hidden_dropout_prob": 0.0},
     ),
     # Seconds: tests, notebook grading, CI.
