@@ -13,7 +13,6 @@ Each module holds one concept and names the notebook section that teaches it:
 - checkpoint -- resumable checkpoints without pickles                   (notebook 1 s.3)
 - wwm       -- Chinese whole word masking: jieba word ids, collator     (notebook 2 s.3)
 - pretraining -- continued MLM pretraining through the training loop    (notebook 2 s.3)
-- backbones -- Chinese BERT backbones and their published CMRC results  (notebook 2 s.3)
 - plots     -- learning curves, length histogram, start/end probabilities
 - course    -- course tooling, not part of the pipeline: grading (nbgrader helpers, instructors),
                demo (`make demo`), synthetic (offline Chinese QA generator)

@@ -22,11 +22,13 @@ import os
 import random
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import transformers
+from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 
 from . import __version__
@@ -260,3 +262,52 @@ def prune_checkpoints(output_dir: str | os.PathLike, current_step: int, keep: in
             shutil.rmtree(folder)
         else:
             kept += 1
+
+
+@dataclass
+class Checkpoints:
+    """The checkpoints of one ``training.fit`` run: saved into ``output_dir`` (nowhere without one), the newest
+    ``keep`` kept, the newest intact one resumed from.
+
+    The objects are the accelerator's prepared ones. Under several processes only the main process writes (the
+    weights and optimizer states are the same in all of them), and all wait until it has."""
+
+    output_dir: str | os.PathLike | None
+    keep: int | None
+    accelerator: Accelerator
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    tokenizer: object = None
+
+    def save(self, step: int, epoch: int, batches_done: int, history: dict) -> Path | None:
+        """Save the run after optimizer step ``step``, to resume at batch ``batches_done`` of ``epoch``."""
+        if not self.output_dir:
+            return None
+        state = {"step": step, "epoch": epoch, "batches_done": batches_done, "history": history}
+        if self.accelerator.scaler is not None:  # the fp16 loss scale
+            state["scaler"] = self.accelerator.scaler.state_dict()
+        folder = Path(self.output_dir) / f"{CHECKPOINT_PREFIX}{step}"
+        if self.accelerator.is_main_process:
+            model = self.accelerator.unwrap_model(self.model)
+            save_checkpoint(folder, model, self.tokenizer, self.optimizer, self.scheduler, state)
+            prune_checkpoints(self.output_dir, step, self.keep)
+        self.accelerator.wait_for_everyone()
+        return folder
+
+    def resume(self) -> tuple[Path, dict] | None:
+        """Restore the newest intact checkpoint into the model, optimizer, scheduler, loss scaler and random
+        states; return its folder and the state :meth:`save` gave it, or None when there is none."""
+        folder = resumable_checkpoint(self.output_dir) if self.output_dir else None
+        if folder is None:
+            return None
+        model = self.accelerator.unwrap_model(self.model)
+        state = load_checkpoint(folder, model, self.optimizer, self.scheduler)
+        if self.accelerator.scaler is not None and "scaler" in state:
+            self.accelerator.scaler.load_state_dict(state.pop("scaler"))
+        return folder, state
+
+    def write_history(self, history: dict) -> None:
+        """``history.json`` next to the checkpoints, for plots of a run that has ended."""
+        if self.output_dir and self.accelerator.is_main_process:
+            Path(self.output_dir, "history.json").write_text(json.dumps(history, indent=1), encoding="utf-8")

@@ -316,7 +316,7 @@ def cmrc_folder(folder: str | os.PathLike | None = None) -> Path:
     if not folder:
         raise DataUnavailable(
             f"set {CMRC_DIR_VARIABLE} to the folder holding the {CMRC_FILE_PREFIX}<split>.json files "
-            "(or pass a file path; online, load_hub_split('cmrc2018', split) downloads a split)"
+            "(or pass a file path; online, cmrc_json(split, folder) downloads a split into a folder)"
         )
     if not Path(folder).is_dir():
         raise DataUnavailable(f"{CMRC_DIR_VARIABLE}={folder}: folder does not exist")
@@ -372,23 +372,32 @@ def write_json_atomically(path: str | os.PathLike, value: Any) -> Path:
     return path
 
 
-def load_hub_split(name: str = "cmrc2018", split: str = "validation") -> tuple[list[QAExample], LoadReport]:
-    """Download a SQuAD-format dataset from the Hugging Face hub (needs ``pip install qa-kit[hub]``)."""
-    from .models import hub_is_offline
+# The hub's name of a CMRC 2018 split, where it differs from the official file's.
+HUB_SPLITS = {"dev": "validation"}
 
-    if hub_is_offline():
-        raise DataUnavailable(
-            f"cannot download {name!r}: the hub is unreachable or HF_HUB_OFFLINE is set. "
-            f"Put the JSON files in a folder and set {CMRC_DIR_VARIABLE} instead."
-        )
-    import datasets
 
-    rows = datasets.load_dataset(name, split=split)
-    squad = {"data": [_hub_row_as_article(row) for row in rows]}
-    return examples_from_squad(squad, f"hub:{name}/{split}")
+def cmrc_json(split: str, folder: str | os.PathLike) -> dict:
+    """CMRC 2018's ``split`` (``train``, ``dev``) as the official SQuAD-format dict, read from
+    ``folder/cmrc2018_<split>.json``; when that file is missing it is downloaded from the Hugging Face hub
+    (``pip install "qa-kit[hub]"``) and saved there first. The notebooks' data cell (notebook 1, section 1)."""
+    path = Path(folder) / f"{CMRC_FILE_PREFIX}{split}.json"
+    if not path.is_file():
+        from .models import hub_is_offline
+
+        if hub_is_offline():
+            raise DataUnavailable(
+                f"{path}: missing, and the hub is unreachable or HF_HUB_OFFLINE is set to download it; {CMRC_DOWNLOAD}"
+            )
+        import datasets
+
+        rows = datasets.load_dataset("cmrc2018", split=HUB_SPLITS.get(split, split))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomically(path, {"data": [_hub_row_as_article(row) for row in rows]})
+    return read_json(path)
 
 
 def _hub_row_as_article(row: Mapping[str, Any]) -> dict:
+    """A hub row (one question) as an article of the official format, with one paragraph and one question."""
     answers = [{"text": t, "answer_start": s} for t, s in zip(row["answers"]["text"], row["answers"]["answer_start"])]
     question = {"id": row["id"], "question": row["question"], "answers": answers}
     return {"title": row.get("title", ""), "paragraphs": [{"context": row["context"], "qas": [question]}]}

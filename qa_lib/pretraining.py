@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from transformers import BertForMaskedLM, BertForQuestionAnswering, PreTrainedTokenizerBase
 from transformers.modeling_outputs import MaskedLMOutput
 
-from .batching import LengthGroupedBatches
 from .data import DataFormatError, load_squad, resolve_data
 from .models import (
     OFFLINE_NAME,
@@ -32,7 +31,7 @@ from .models import (
     load_tokenizer,
     save_model_folder,
 )
-from .training import TrainConfig, fit, preset, same_seeds
+from .training import Task, TrainConfig, fit, preset, same_seeds, training_batches
 from .wwm import IGNORE_INDEX, MASKING_MODES, WholeWordMaskCollator, encode_for_mlm
 
 HELD_OUT_FRACTION = 0.1
@@ -201,13 +200,6 @@ def pretrain_mlm(
     features = encode_for_mlm(tokenizer, texts, max_length=config.max_length, user_dict=user_dict)
     if not features:
         raise ValueError("pretrain_mlm: none of the texts has tokens to mask")
-    batches = LengthGroupedBatches(
-        [len(feature["input_ids"]) for feature in features],
-        config.batch_size,
-        config.seed,
-        group=50 if config.group_by_length else 1,
-    )
-    collate = WholeWordMaskCollator(tokenizer, mlm_probability, masking, pad_to_multiple_of=PAD_TO_MULTIPLE_OF)
     evaluate, before = None, {}
     if held_out_texts:
         held_out = masked_batches(
@@ -222,18 +214,15 @@ def pretrain_mlm(
         )
         evaluate = heldout_evaluator(held_out)
         before = {"heldout_loss_before": mean_masked_loss(model, held_out)}  # own generator: global RNG untouched
-    history = fit(
-        model,
+    task = Task(
         features,
-        batches,
-        collate,
-        config,
-        tokenizer=tokenizer,
+        training_batches([len(feature["input_ids"]) for feature in features], config),
+        WholeWordMaskCollator(tokenizer, mlm_probability, masking, pad_to_multiple_of=PAD_TO_MULTIPLE_OF),
+        tokenizer,
         evaluate=evaluate,
-        output_dir=output_dir,
-        resume=resume,
         description=f"mlm ({masking})",
     )
+    history = fit(model, task, config, output_dir=output_dir, resume=resume)
     steps = history["steps"]
     return {
         **history,

@@ -1,16 +1,15 @@
 """The training loop: Accelerate mixed precision, AdamW, warmup, accumulation, checkpoints.
 
 Taught in notebook 1, section 3 ("fine-tune with Accelerate and AMP"). The loop is written out
-on purpose (no ``Trainer``): every step the assignment teaches is a visible line below.
+on purpose (no ``Trainer``): every step the assignment teaches is a visible line of :func:`fit`.
 
 One loop serves both fine-tuning for QA (:func:`train_qa`) and continued MLM pretraining
-(``qa_lib.pretraining``): they differ only in data, per-batch metrics and evaluation.
+(``qa_lib.pretraining``): they differ only in a :class:`Task` (data, per-batch metrics, evaluation).
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import os
 import random
@@ -19,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -31,13 +31,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from . import decoding
 from .batching import LengthGroupedBatches, WindowDataset, pad_batch
-from .checkpoint import (
-    CHECKPOINT_PREFIX,
-    load_checkpoint,
-    prune_checkpoints,
-    resumable_checkpoint,
-    save_checkpoint,
-)
+from .checkpoint import Checkpoints
 from .data import QAExample, references_of
 from .features import keep_answerless_windows, prepare_eval_features, prepare_train_features
 from .metric import corpus_scores
@@ -83,10 +77,8 @@ PRESETS: dict[str, TrainConfig] = {
     # The recipe published with Chinese-BERT-wwm for bert-base-chinese on CMRC 2018 (dev EM 65.5 / F1 84.5
     # with the full 10k training set): 512/128 windows, lr 3e-5, batch 32, 2 epochs, fp16 on a T4.
     "colab-t4": TrainConfig(),
-    # The offline demo: tiny random BERT, synthetic data, two CPU cores, a few minutes. The assignment at a
-    # quarter of its scale (128-token windows), and three settings without which a BERT trained from scratch
-    # learnt nothing in that time (measured; see qa_lib.course.demo): no answerless windows, larger initial weights
-    # (attention is near uniform with BERT's 0.02), no dropout (there is no pretraining to protect).
+    # The offline demo (tiny random BERT, synthetic data, CPU minutes): the assignment at a quarter of its scale,
+    # with what a BERT trained from scratch needs to learn that fast (bench/RESULTS.md, "Demo tuning log").
     "cpu-demo": TrainConfig(
         model="offline-tiny",
         max_length=128,
@@ -101,7 +93,8 @@ PRESETS: dict[str, TrainConfig] = {
         save_every_steps=None,
         eval_batch_size=64,
         max_answer_length=30,
-        answerless_windows=0.0,
+        answerless_windows=0.0,  # with them, a BERT from scratch learns to answer [CLS] everywhere
+        # initializer_range: BERT's 0.02 leaves attention near uniform; no dropout: no pretraining to protect
         model_overrides={"initializer_range": 0.1, "hidden_dropout_prob": 0.0},
     ),
     # Seconds: tests, notebook grading, CI.
@@ -230,20 +223,43 @@ def make_optimizer(model: torch.nn.Module, lr: float = 5e-5, weight_decay: float
     )
 
 
-@dataclass
-class RunningMeans:
-    """Means over the epoch so far of every metric, as the assignment's progress bar shows them."""
+class EpochMeter:
+    """Means over the epoch so far of every batch metric, and samples per second, as the assignment's
+    progress bar shows them."""
 
-    totals: dict[str, float] = field(default_factory=dict)
-    count: int = 0
+    def __init__(self):
+        self.totals: dict[str, float] = {}
+        self.batches = self.samples = 0
+        self.started = time.perf_counter()
 
-    def add(self, values: Mapping[str, float]) -> None:
-        self.count += 1
-        for key, value in values.items():
+    def add(self, metrics: Mapping[str, float], samples: int) -> None:
+        self.batches += 1
+        self.samples += samples
+        for key, value in metrics.items():
             self.totals[key] = self.totals.get(key, 0.0) + value
 
     def means(self) -> dict[str, float]:
-        return {key: total / max(self.count, 1) for key, total in self.totals.items()}
+        return {key: total / max(self.batches, 1) for key, total in self.totals.items()}
+
+    def samples_per_s(self) -> float:
+        return self.samples / (time.perf_counter() - self.started)
+
+    def postfix(self) -> dict[str, str]:
+        return {
+            **{key: f"{value:.3f}" for key, value in self.means().items()},
+            "samples/s": f"{self.samples_per_s():.1f}",
+        }
+
+    def record(self, epoch: int, lr: float) -> dict:
+        """The epoch's row of the history: its 1-based number, the means, the last step's rate, the speed."""
+        seconds = time.perf_counter() - self.started
+        return {
+            "epoch": epoch + 1,
+            **self.means(),
+            "lr": lr,
+            "samples_per_s": self.samples / seconds,
+            "seconds": seconds,
+        }
 
 
 def accumulation_group_size(index: int, batches_in_epoch: int, accumulation: int) -> int:
@@ -326,184 +342,189 @@ class StopAtStepEnd:
         if self.previous is not None:
             signal.signal(signal.SIGINT, self.previous)
 
+    def requested_in_any_process(self, accelerator: Accelerator) -> bool:
+        """Whether Ctrl-C reached any process: all must stop after the same step."""
+        if accelerator.num_processes == 1:
+            return self.requested
+        pressed = torch.tensor(float(self.requested), device=accelerator.device)
+        return accelerator.reduce(pressed, "sum").item() > 0
+
+
+@dataclass
+class Task:
+    """What differs between fine-tuning for QA (:func:`train_qa`) and MLM pretraining (``qa_lib.pretraining``):
+    everything :func:`fit` needs besides the model and the :class:`TrainConfig`."""
+
+    dataset: Sequence  # rows, indexed by the batches
+    batches: LengthGroupedBatches  # lists of dataset indices, reshuffled per epoch by set_epoch
+    collate: Callable[[list], dict]  # rows -> tensors, labels included
+    tokenizer: object = None  # saved with each checkpoint
+    batch_metrics: Callable[[dict, object], dict] | None = None  # (batch, outputs) -> numbers for the progress bar
+    evaluate: Callable[[torch.nn.Module], dict] | None = None  # model -> scores, after each epoch
+    description: str = "train"  # the progress bar's title
+
+
+def training_batches(lengths: Sequence[int], config: TrainConfig) -> LengthGroupedBatches:
+    """Shuffled batches of rows of similar length (``config.group_by_length``), reshuffled each epoch."""
+    return LengthGroupedBatches(lengths, config.batch_size, config.seed, group=50 if config.group_by_length else 1)
+
+
+def epoch_loader(
+    task: Task, config: TrainConfig, epoch: int, skip: int, accelerator: Accelerator
+) -> tuple[list[list[int]], DataLoader]:
+    """The epoch's batches, and a DataLoader over them after the first ``skip`` (trained on before a resume).
+
+    With several processes, each loads the whole batch and keeps its own rows (:func:`process_collate`)."""
+    task.batches.set_epoch(epoch)
+    batches = list(task.batches)
+    collate = task.collate
+    if accelerator.num_processes > 1:
+        rank, processes = accelerator.process_index, accelerator.num_processes
+        collate = process_collate(task.collate, config.seed, epoch, skip, rank, processes)
+    # Its own generator: creating a loader must not consume the global RNG that dropout uses,
+    # or a resumed run would drift from an uninterrupted one.
+    generator = torch.Generator().manual_seed(config.seed + epoch)
+    return batches, DataLoader(task.dataset, batch_sampler=batches[skip:], collate_fn=collate, generator=generator)
+
+
+def log_epoch(record: dict, with_header: bool) -> None:
+    """The epoch's row of the results table (``qa_lib.reporting``), under the header on a run's first epoch."""
+    if with_header:
+        log.info(epoch_header(record))
+    log.info(epoch_row(record))
+
 
 def fit(
     model: torch.nn.Module,
-    dataset,
-    batches: LengthGroupedBatches,
-    collate: Callable[[list], dict],
+    task: Task,
     config: TrainConfig,
     *,
-    tokenizer=None,
-    optimizer_factory: Callable | None = None,
-    batch_metrics: Callable[[dict, object], dict] | None = None,
-    evaluate: Callable[[torch.nn.Module], dict] | None = None,
     output_dir: str | os.PathLike | None = None,
     resume: bool = False,
-    description: str = "train",
+    optimizer_factory: Callable | None = None,
 ) -> dict:
-    """Train ``model`` and return the history ``{"epochs": [...], "steps": [...]}``.
+    """Train ``model`` on ``task`` and return the history ``{"epochs": [...], "steps": [...]}``.
 
-    ``batches`` yields lists of dataset indices (reseeded per epoch); ``collate`` turns rows into
-    tensors; ``batch_metrics(batch, outputs)`` adds numbers to the progress bar; ``evaluate(model)``
-    runs after each epoch; ``optimizer_factory(model, lr=...)`` replaces :func:`make_optimizer`.
-    With ``output_dir``, checkpoints are written there at each epoch end and every
-    ``config.save_every_steps`` optimizer steps (the newest ``config.keep_checkpoints`` are kept), and
-    ``resume=True`` continues from the newest intact one. Each step's history records the learning
-    rate that step used and the mean loss of its accumulation group. Ctrl-C stops at the end of a
+    Taught in notebook 1, section 3. ``optimizer_factory(model, lr=...)`` (the student's) replaces
+    :func:`make_optimizer`. With ``output_dir``, a checkpoint is written at each epoch end and every
+    ``config.save_every_steps`` optimizer steps (:class:`qa_lib.checkpoint.Checkpoints`), and ``resume=True``
+    continues from the newest intact one, as an uninterrupted run would have. Each step's history records the
+    learning rate that step used and the mean loss of its accumulation group. Ctrl-C stops at the end of a
     step, saves a checkpoint and raises :class:`TrainingInterrupted`.
 
-    Under ``accelerate launch`` with several processes, each process trains on its share of every
-    batch (:func:`process_rows`; gradients are averaged by DDP), and only the main process writes
-    checkpoints, shows progress, logs and evaluates (so every evaluation window counts once).
+    Under ``accelerate launch`` with several processes, each process trains on its share of every batch
+    (:func:`process_rows`; DDP averages the gradients), and only the main process writes checkpoints, shows
+    progress, logs and evaluates (so every evaluation window counts once).
     """
     accelerator = get_accelerator(config.mixed_precision)
+    main, rank, processes = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
     model.to(accelerator.device)  # before the optimizer, so that make_optimizer picks the fused CUDA kernel
-    if optimizer_factory is None:
-        optimizer = make_optimizer(model, config.learning_rate, config.weight_decay)
-    else:  # the student's make_optimizer(model, lr)
-        optimizer = optimizer_factory(model, lr=config.learning_rate)
-    steps_per_epoch = -(-len(batches) // config.gradient_accumulation_steps)
-    total_steps = min(steps_per_epoch * config.epochs, config.max_steps or float("inf"))
+    optimizer_factory = optimizer_factory or partial(make_optimizer, weight_decay=config.weight_decay)
+    optimizer = optimizer_factory(model, lr=config.learning_rate)
+    accumulation = config.gradient_accumulation_steps
+    total_steps = min(-(-len(task.batches) // accumulation) * config.epochs, config.max_steps or float("inf"))
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    processes, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
+    checkpoints = Checkpoints(
+        output_dir, config.keep_checkpoints, accelerator, model, optimizer, scheduler, task.tokenizer
+    )
 
-    history, progress = {"epochs": [], "steps": []}, {"step": 0, "epoch": 0, "batches_done": 0}
-    checkpoint = resumable_checkpoint(output_dir) if (resume and output_dir) else None
-    if checkpoint is not None:
-        progress = load_checkpoint(checkpoint, accelerator.unwrap_model(model), optimizer, scheduler)
-        history = progress.pop("history")
-        if accelerator.scaler is not None and "scaler" in progress:
-            accelerator.scaler.load_state_dict(progress.pop("scaler"))
+    history, step, first_epoch, skip = {"epochs": [], "steps": []}, 0, 0, 0
+    if resume and (resumed := checkpoints.resume()):
+        folder, state = resumed
+        history, step, first_epoch, skip = state["history"], state["step"], state["epoch"], state["batches_done"]
         if main:
-            log.info("resumed from %s at step %d", checkpoint, progress["step"])
+            log.info("resumed from %s at step %d", folder, step)
 
-    def save(epoch: int, batches_done: int) -> Path | None:
-        if not output_dir:
-            return None
-        state = {"step": progress["step"], "epoch": epoch, "batches_done": batches_done, "history": history}
-        if accelerator.scaler is not None:  # fp16 loss scale
-            state["scaler"] = accelerator.scaler.state_dict()
-        folder = Path(output_dir) / f"{CHECKPOINT_PREFIX}{progress['step']}"
-        if main:  # the weights and optimizer states are the same in every process
-            save_checkpoint(folder, accelerator.unwrap_model(model), tokenizer, optimizer, scheduler, state)
-            prune_checkpoints(output_dir, progress["step"], config.keep_checkpoints)
-        accelerator.wait_for_everyone()
-        return folder
-
-    def stop_requested() -> bool:
-        """Whether Ctrl-C reached any process: all must stop after the same step."""
-        if processes == 1:
-            return ctrl_c.requested
-        return accelerator.reduce(torch.tensor(float(ctrl_c.requested), device=accelerator.device), "sum").item() > 0
-
-    def optimizer_step(group_losses: list[float]) -> dict:
-        used_lr = scheduler.get_last_lr()[0]  # after scheduler.step() it would be the next step's rate
-        accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad()
-        progress["step"] += 1
-        return {"step": progress["step"], "loss": sum(group_losses) / len(group_losses), "lr": used_lr}
-
-    first_epoch = progress["epoch"]
     with StopAtStepEnd() as ctrl_c:
         for epoch in range(first_epoch, config.epochs):
-            batches.set_epoch(epoch)
-            epoch_batches = list(batches)
-            skip = progress["batches_done"] if epoch == progress["epoch"] else 0
-            # Its own generator: creating a loader must not consume the global RNG that dropout uses,
-            # or a resumed run would drift from an uninterrupted one.
-            generator = torch.Generator().manual_seed(config.seed + epoch)
-            collate_fn = (
-                collate if processes == 1 else process_collate(collate, config.seed, epoch, skip, rank, processes)
-            )
-            loader = DataLoader(dataset, batch_sampler=epoch_batches[skip:], collate_fn=collate_fn, generator=generator)
-            means, seen, rate, started = RunningMeans(), 0, 0.0, time.perf_counter()
-            bar = progress_bar(
-                loader, len(epoch_batches) - skip, f"{description} epoch {epoch + 1}/{config.epochs}", disable=not main
-            )
+            batches, loader = epoch_loader(task, config, epoch, skip, accelerator)
+            title = f"{task.description} epoch {epoch + 1}/{config.epochs}"
+            bar = progress_bar(loader, len(batches) - skip, title, disable=not main)
+            meter, group_losses, finished = EpochMeter(), [], len(batches)
             model.train()
-            finished, group_losses = len(epoch_batches), []
             for index, batch in enumerate(bar, start=skip):
                 batch = {key: value.to(accelerator.device) for key, value in batch.items()}
                 outputs = model(**batch)
-                group_size = accumulation_group_size(index, len(epoch_batches), config.gradient_accumulation_steps)
-                _, weight = process_rows(len(epoch_batches[index]), rank, processes)
-                accelerator.backward(outputs.loss * weight / group_size)
+                # The gradient of a step is the mean over its group, however short the epoch's last group is;
+                # each process's mean loss is weighted by its share of the batch's rows.
+                group_size = accumulation_group_size(index, len(batches), accumulation)
+                _, weight = process_rows(len(batches[index]), rank, processes)
+                accelerator.backward(outputs.loss * weight / group_size)  # scales the loss for fp16
                 batch_loss = accelerator.reduce(outputs.loss.detach() * weight, "mean").item()  # the whole batch's
-                metrics = {"loss": batch_loss, **(batch_metrics(batch, outputs) if batch_metrics else {})}
-                means.add(metrics)
-                group_losses.append(metrics["loss"])
-                seen += len(batch["input_ids"])
+                metrics = task.batch_metrics(batch, outputs) if task.batch_metrics else {}
+                meter.add({"loss": batch_loss, **metrics}, samples=len(batch["input_ids"]))
+                group_losses.append(batch_loss)
+
                 if len(group_losses) == group_size:  # skip is a group boundary: checkpoints are saved at steps
-                    history["steps"].append(optimizer_step(group_losses))
-                    group_losses = []
-                    saved = None
-                    if config.save_every_steps and progress["step"] % config.save_every_steps == 0:
-                        saved = save(epoch, index + 1)
-                    if stop_requested():
-                        raise TrainingInterrupted(progress["step"], saved or save(epoch, index + 1))
-                rate = seen / (time.perf_counter() - started)
-                postfix = {**{k: f"{v:.3f}" for k, v in means.means().items()}, "samples/s": f"{rate:.1f}"}
-                bar.set_postfix(postfix, refresh=False)  # drawn at the bar's own pace, not at every batch
-                if config.max_steps and progress["step"] >= config.max_steps:
+                    used_lr = scheduler.get_last_lr()[0]  # after scheduler.step() it is the next step's rate
+                    accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad()
+                    step += 1
+                    history["steps"].append({"step": step, "loss": sum(group_losses) / group_size, "lr": used_lr})
+                    group_losses, saved = [], None
+                    if config.save_every_steps and step % config.save_every_steps == 0:
+                        saved = checkpoints.save(step, epoch, index + 1, history)
+                    if ctrl_c.requested_in_any_process(accelerator):
+                        raise TrainingInterrupted(step, saved or checkpoints.save(step, epoch, index + 1, history))
+
+                bar.set_postfix(meter.postfix(), refresh=False)  # drawn at the bar's own pace
+                if step >= total_steps:  # config.max_steps reached (or the last step of the last epoch)
                     finished = index + 1
                     break
+
             last_lr = history["steps"][-1]["lr"] if history["steps"] else scheduler.get_last_lr()[0]
-            record = {"epoch": epoch + 1, **means.means(), "lr": last_lr, "samples_per_s": rate}
-            record["seconds"] = time.perf_counter() - started
-            if evaluate is not None and main:
-                record.update(evaluate(accelerator.unwrap_model(model)))
+            record = meter.record(epoch, last_lr)
+            if task.evaluate is not None and main:
+                record.update(task.evaluate(accelerator.unwrap_model(model)))
             accelerator.wait_for_everyone()
             history["epochs"].append(record)
-            progress["batches_done"] = 0
-            if main and epoch == first_epoch:  # the table's header once per run
-                log.info(epoch_header(record))
             if main:
-                log.info(epoch_row(record))
-            complete = finished == len(epoch_batches)
-            saved = save(epoch + 1, 0) if complete else save(epoch, finished)
-            if stop_requested():  # pressed during the evaluation
-                raise TrainingInterrupted(progress["step"], saved)
-            if not complete or (config.max_steps and progress["step"] >= config.max_steps):
+                log_epoch(record, with_header=epoch == first_epoch)
+            complete = finished == len(batches)
+            resume_at = (epoch + 1, 0) if complete else (epoch, finished)  # (epoch, batches done)
+            saved = checkpoints.save(step, *resume_at, history)
+            if ctrl_c.requested_in_any_process(accelerator):  # pressed during the evaluation
+                raise TrainingInterrupted(step, saved)
+            if step >= total_steps:
                 break
-    if output_dir and main:
-        Path(output_dir, "history.json").write_text(json.dumps(history, indent=1), encoding="utf-8")
+            skip = 0
+    checkpoints.write_history(history)
     return history
 
 
-def qa_batch_metrics(
+def qa_accuracies(
     argmax_positions: Callable = decoding.argmax_positions, span_accuracy: Callable = decoding.span_accuracy
 ):
-    """Start/end accuracy of the independent argmax, computed with the given (student's) functions."""
+    """The QA task's ``batch_metrics``: start/end accuracy of the independent argmax, computed with the given
+    (the student's) functions."""
 
-    def metrics(batch: dict, outputs) -> dict:
+    def accuracies(batch: dict, outputs) -> dict:
         starts, ends = argmax_positions(outputs.start_logits.detach(), outputs.end_logits.detach())
         return {
             "start_acc": float(span_accuracy(starts, batch["start_positions"])),
             "end_acc": float(span_accuracy(ends, batch["end_positions"])),
         }
 
-    return metrics
+    return accuracies
 
 
-def qa_evaluator(
-    tokenizer, examples: Sequence[QAExample], config: TrainConfig, references: Mapping[str, Sequence[str]] | None = None
-) -> Callable[[torch.nn.Module], dict]:
-    """EM/F1 with the official metric over windowed n-best predictions."""
-    references = references or references_of(examples)
+def qa_scores(tokenizer, examples: Sequence[QAExample], config: TrainConfig) -> Callable[[torch.nn.Module], dict]:
+    """The QA task's ``evaluate``: EM/F1 with the official metric over windowed n-best predictions, against every
+    reference text of the examples (:func:`qa_lib.data.references_of`)."""
+    references = references_of(examples)
     features = prepare_eval_features(tokenizer, examples, config.max_length, config.doc_stride)
 
-    def evaluate(model) -> dict:
+    def scores(model) -> dict:
         predictions, _ = predict_features(
             model, examples, features, config.max_answer_length, config.n_best, config.eval_batch_size
         )
-        scores = corpus_scores(references, predictions)
-        return {"em": scores["EM"], "f1": scores["F1"]}
+        official = corpus_scores(references, predictions)
+        return {"em": official["EM"], "f1": official["F1"]}
 
-    return evaluate
+    return scores
 
 
 def train_qa(
@@ -513,16 +534,15 @@ def train_qa(
     config: TrainConfig,
     *,
     eval_examples: Sequence[QAExample] | None = None,
-    references: Mapping[str, Sequence[str]] | None = None,
     output_dir: str | os.PathLike | None = None,
     resume: bool = False,
     optimizer_factory: Callable | None = None,
     argmax_positions: Callable = decoding.argmax_positions,
     span_accuracy: Callable = decoding.span_accuracy,
 ) -> dict:
-    """Fine-tune ``model`` for extractive QA on windowed features; returns the history.
+    """Fine-tune ``model`` for extractive QA on windowed features with :func:`fit`; returns the history.
 
-    The notebook passes the student's ``optimizer_factory``, ``argmax_positions`` and
+    The notebook (1, section 3) passes the student's ``optimizer_factory``, ``argmax_positions`` and
     ``span_accuracy``, so the progress bar shows accuracies computed by the student's own code.
     """
     same_seeds(config.seed)
@@ -535,22 +555,14 @@ def train_qa(
             windows - dropped, windows, dropped, config.answerless_windows,
         )  # fmt: skip
     dataset = WindowDataset(features)
-    batches = LengthGroupedBatches(
-        dataset.lengths(), config.batch_size, config.seed, group=50 if config.group_by_length else 1
-    )
-    evaluate = qa_evaluator(tokenizer, eval_examples, config, references) if eval_examples else None
-    history = fit(
-        model,
+    task = Task(
         dataset,
-        batches,
+        training_batches(dataset.lengths(), config),
         lambda rows: pad_batch(rows, tokenizer.pad_token_id),
-        config,
-        tokenizer=tokenizer,
-        optimizer_factory=optimizer_factory,
-        batch_metrics=qa_batch_metrics(argmax_positions, span_accuracy),
-        evaluate=evaluate,
-        output_dir=output_dir,
-        resume=resume,
+        tokenizer,
+        batch_metrics=qa_accuracies(argmax_positions, span_accuracy),
+        evaluate=qa_scores(tokenizer, eval_examples, config) if eval_examples else None,
     )
+    history = fit(model, task, config, output_dir=output_dir, resume=resume, optimizer_factory=optimizer_factory)
     history["config"] = asdict(config)
     return history

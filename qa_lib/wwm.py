@@ -182,64 +182,7 @@ def word_ids_for_text(
     return encoding, word_ids_for_encoding(_encodings(encoding)[0], spans)
 
 
-# --- 3. the chinese_ref format ------------------------------------------------------------------------------
-
-
-def chinese_ref(word_ids: WordIds) -> list[int]:
-    """Positions (in the encoded sequence, ``[CLS]`` is 0) of every token that continues the word of the token
-    before it: the ``chinese_ref`` field that the older Chinese-BERT-wwm tooling (``run_chinese_ref.py``) wrote.
-
-    That tooling listed only Chinese characters and recognised ``##`` pieces by their prefix; listing the
-    pieces too is harmless to it and makes the reference complete on its own."""
-    _check_contiguous(word_ids)
-    return [
-        position
-        for position in range(1, len(word_ids))
-        if word_ids[position] is not None and word_ids[position] == word_ids[position - 1]
-    ]
-
-
-def _check_contiguous(word_ids: WordIds) -> None:
-    seen: set[int] = set()
-    for position, word in enumerate(word_ids):
-        if word is None:
-            continue
-        if word in seen and word_ids[position - 1] != word:
-            raise ValueError(
-                f"word id {word} at position {position} is separated from its earlier tokens; "
-                "a chinese_ref can only describe words made of consecutive tokens"
-            )
-        seen.add(word)
-
-
-def word_ids_from_chinese_ref(
-    ref: Iterable[int],
-    special_tokens_mask: Sequence[int | bool],
-    tokens: Sequence[str] | None = None,
-) -> list[int | None]:
-    """Word ids back from a ``chinese_ref``: a token starts a new word unless its position is in ``ref`` (or,
-    given ``tokens``, it is a ``##`` piece, as the old tooling assumed); special tokens get ``None``."""
-    continuing = set(ref)
-    for position in sorted(continuing):
-        if not 0 < position < len(special_tokens_mask) or special_tokens_mask[position]:
-            raise ValueError(f"chinese_ref position {position} is not a text token of this sequence")
-        if special_tokens_mask[position - 1]:
-            raise ValueError(f"chinese_ref position {position} follows a special token: it has no word to continue")
-    word_ids: list[int | None] = []
-    current = -1
-    for position, special in enumerate(special_tokens_mask):
-        if special:
-            word_ids.append(None)
-            continue
-        piece = tokens is not None and tokens[position].startswith("##")
-        after_text = position > 0 and word_ids[-1] is not None
-        if not (after_text and (position in continuing or piece)):
-            current += 1
-        word_ids.append(current)
-    return word_ids
-
-
-# --- 4. choosing what to predict ----------------------------------------------------------------------------
+# --- 3. choosing what to predict ----------------------------------------------------------------------------
 
 
 def _check_ratio(mask_ratio: float) -> None:
@@ -287,7 +230,7 @@ def char_mask(
     return whole_word_mask(own_words, mask_ratio, generator)
 
 
-# --- 5. corrupting the selected tokens ----------------------------------------------------------------------
+# --- 4. corrupting the selected tokens ----------------------------------------------------------------------
 
 
 def replacement_token_ids(tokenizer: PreTrainedTokenizerBase) -> torch.Tensor:
@@ -342,7 +285,7 @@ def mask_tokens(
     return masked, labels
 
 
-# --- 6. features and the collator ---------------------------------------------------------------------------
+# --- 5. features and the collator ---------------------------------------------------------------------------
 
 
 def encode_for_mlm(
@@ -462,7 +405,7 @@ class WholeWordMaskCollator:
         return batch
 
 
-# --- 7. showing it ------------------------------------------------------------------------------------------
+# --- 6. showing it ------------------------------------------------------------------------------------------
 
 
 def _latin(text: str) -> bool:

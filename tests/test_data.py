@@ -1,4 +1,6 @@
 import json
+import sys
+import types
 
 import pytest
 
@@ -6,9 +8,9 @@ from qa_lib.data import (
     DataFormatError,
     DataUnavailable,
     cmrc_file,
+    cmrc_json,
     cmrc_splits,
     examples_from_squad,
-    load_hub_split,
     load_squad,
     nearest_occurrence,
     references_of,
@@ -226,10 +228,37 @@ def test_files_with_a_byte_order_mark_load_and_gbk_files_say_how_to_convert(tmp_
         load_squad(gbk)
 
 
-def test_hub_loading_fails_fast_and_clearly_offline(monkeypatch):
+def test_cmrc_json_reads_the_folder_and_fails_fast_offline_without_the_file(tmp_path, monkeypatch):
+    data = squad(paragraph("北京是首都", qa("x", "首都？", ("北京", 0))))
+    write_json_atomically(tmp_path / "cmrc2018_dev.json", data)
+    assert cmrc_json("dev", tmp_path) == data
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(DataUnavailable, match="QA_KIT_CMRC_DIR"):
-        load_hub_split("cmrc2018", "validation")
+    with pytest.raises(DataUnavailable, match=r"cmrc2018_train.json: missing.*HF_HUB_OFFLINE"):
+        cmrc_json("train", tmp_path)
+    assert not (tmp_path / "cmrc2018_train.json").exists()
+
+
+def test_cmrc_json_downloads_a_split_in_the_official_format_and_saves_it(tmp_path, monkeypatch):
+    row = {"id": "DEV_0_QUERY_0", "context": "北京是首都", "question": "首都？",
+           "answers": {"text": ["北京", "北京"], "answer_start": [0, 0]}}  # fmt: skip
+    asked = []
+
+    def load_dataset(name, split):
+        asked.append((name, split))
+        return [row]
+
+    hub = types.ModuleType("datasets")
+    hub.load_dataset = load_dataset
+    monkeypatch.setitem(sys.modules, "datasets", hub)
+    monkeypatch.setattr("qa_lib.models.hub_is_offline", lambda: False)
+    folder = tmp_path / "drive" / "cmrc2018"
+    downloaded = cmrc_json("dev", folder)
+    assert asked == [("cmrc2018", "validation")]
+    assert json.loads((folder / "cmrc2018_dev.json").read_text(encoding="utf-8")) == downloaded
+    (example,), report = examples_from_squad(downloaded)
+    assert (example.id, example.context, example.question) == ("DEV_0_QUERY_0", "北京是首都", "首都？")
+    assert example.gold == ("北京", "北京") and report.repaired == report.dropped_references == 0
+    assert cmrc_json("dev", folder) == downloaded and len(asked) == 1  # read back, not downloaded again
 
 
 def test_cmrc_dev_repairs_and_drops(cmrc_dir):

@@ -19,7 +19,6 @@ from qa_lib.wwm import (
     WholeWordMaskCollator,
     align_words_to_tokens,
     char_mask,
-    chinese_ref,
     encode_for_mlm,
     mask_tokens,
     replacement_token_ids,
@@ -28,7 +27,6 @@ from qa_lib.wwm import (
     visualise_masking,
     whole_word_mask,
     word_ids_for_text,
-    word_ids_from_chinese_ref,
 )
 
 CHINESE_WORDS = [
@@ -62,12 +60,6 @@ def sentences(count: int, max_parts: int, seed: int = 0) -> list[str]:
 @pytest.fixture(params=["offline_tokenizer", "real_tokenizer"])
 def tokenizer(request):
     return request.getfixturevalue(request.param)
-
-
-def _grouping(word_ids) -> list[int | None]:
-    """Word ids renumbered by first appearance, so two labelings with the same groups compare equal."""
-    renumbered: dict[int, int] = {}
-    return [None if word is None else renumbered.setdefault(word, len(renumbered)) for word in word_ids]
 
 
 # --- segmentation ---------------------------------------------------------------------------------------------
@@ -157,34 +149,6 @@ def test_question_and_context_pair_get_separate_words(offline_tokenizer):
     context = {word for word, owner in zip(word_ids, sequence_ids, strict=True) if owner == 1}
     assert question and context and not question & context
     assert all(word is None for word, owner in zip(word_ids, sequence_ids, strict=True) if owner is None)
-
-
-# --- chinese_ref ----------------------------------------------------------------------------------------------
-
-
-def test_chinese_ref_round_trip(tokenizer):
-    for text in sentences(60, 12, seed=2):
-        encoding, word_ids = word_ids_for_text(tokenizer, text)
-        ref = chinese_ref(word_ids)
-        assert all(word_ids[position] == word_ids[position - 1] for position in ref)
-        back = word_ids_from_chinese_ref(ref, encoding["special_tokens_mask"])
-        assert _grouping(back) == _grouping(word_ids)
-
-
-def test_old_style_chinese_ref_groups_wordpieces_by_their_prefix(offline_tokenizer):
-    encoding, word_ids = word_ids_for_text(offline_tokenizer, "模型bert")
-    tokens = encoding.tokens()
-    characters_only = [position for position in chinese_ref(word_ids) if not tokens[position].startswith("##")]
-    special = encoding["special_tokens_mask"]
-    assert _grouping(word_ids_from_chinese_ref(characters_only, special, tokens)) == _grouping(word_ids)
-    assert _grouping(word_ids_from_chinese_ref(characters_only, special)) != _grouping(word_ids)
-
-
-def test_chinese_ref_rejects_impossible_input():
-    with pytest.raises(ValueError, match="position 1"):
-        word_ids_from_chinese_ref([1], [1, 0, 0, 1])
-    with pytest.raises(ValueError, match="word id 0"):
-        chinese_ref([None, 0, 1, 0, None])
 
 
 # --- whole_word_mask ------------------------------------------------------------------------------------------

@@ -8,45 +8,9 @@
 
 Step 2 is the assignment at a quarter of its scale: 128-token windows (stride 32) over articles of
 200-400 characters, so that, as with CMRC's long contexts and 512 tokens, most answers lie beyond
-the first window. What it took for a randomly initialised 2-layer BERT to learn in CPU minutes
-(held-out EM with windows; sweeps on this data in 2026-11, some on a GPU for more runs at once):
-
-- Answerless windows (about half of them) in training: the model predicts ``[CLS]`` everywhere and
-  stays there (single digits, even after 4x the steps); dropping them (``answerless_windows=0``) is
-  what starts learning at all.
-- ``initializer_range`` 0.1 instead of BERT's 0.02: 57 instead of 45 after 2,400 steps of 32.
-- One entity of each kind per article (``entities_per_kind=1``): 81 instead of 57 after the same
-  steps; with several people per article the model must match names, which takes it far longer.
-- Sinusoidal initial positions (``models.init_sinusoidal_positions``): 65 instead of 49.
-- No hidden dropout, lr 3e-3: 72 after 5 epochs of 16 (64 at lr 2e-3); runs with dropout 0.1
-  stalled at 48-58.
-- 128-token windows: with the data, initialisation and positions above, 512-token windows over
-  600-1,200 characters reached 48-52 after 2,400 steps, and each step costs about five times as
-  much on a CPU.
-
-After those 5 epochs the model scores 77 where the window oracle (the same model shown only the
-windows that hold the answer) scores about 86: windows without the answer, which it never saw in
-training, offer a wrong span that outscores the right one. Hence a second stage
-(``ANSWERLESS_STAGE``): one epoch at a lower learning rate with 30% of the answerless windows back,
-so that the model learns to answer ``[CLS]`` in them now that it can find answers (77.2 -> 80.6;
-all of them back: 76.1; at lr 5e-4: 79.4). Clark and Gardner (2018) made the same point for
-multi-paragraph reading: a model trained only on paragraphs that hold the answer is overconfident
-on those that do not.
-
-How much of this is luck: the jump in start accuracy (about 0.45 to 0.85 within an epoch or two, the
-model starting to match the question's relation word) comes at a different step for every seed.
-With 640 training articles (98 s on two idle cores) seeds 0, 1 and 2 gave EM 80.6, 74.4 and 81.1;
-with 800 articles seeds 1 and 2 gave 56.7 and 62.2 (the jump came too late); with 960 articles three
-runs gave 82.8 to 87.2, but training alone then takes about 170 s. Hence 960 articles.
-
-Validation and test: every number above was measured on one held-out set (generator seed 1), the
-set the settings were chosen on. That set is now the validation set (the per-epoch EM while
-training); the EM the demo reports comes from a test set of the same size (seed 2) that no choice
-has looked at. Spread over seeds on both sets: ``bench/demo_seeds.py``, results in bench/RESULTS.md.
-With 960 articles, seeds 0-4 gave test EM 87.2, 90.6, 69.4, 83.9 and 87.8 (validation 88.9, 89.4,
-76.7, 84.4, 86.1): the goal of EM >= 80 for every seed is not met. Seed 2's jump came late, as
-800 articles' did; closing that would take more steps, and 960 articles already take about 170 s
-(two idle cores, measured in 2026-11) of the 3 minutes the demo may spend training.
+the first window. A BERT trained from scratch learns that in CPU minutes only with the settings of
+the ``cpu-demo`` preset and of this module; the sweeps that chose them are in bench/RESULTS.md
+("Demo tuning log").
 """
 
 from __future__ import annotations
@@ -67,10 +31,13 @@ from ..training import preset, same_seeds, train_qa
 from .synthetic import generate_squad
 
 VOCAB_DIR_VARIABLE = "QA_KIT_VOCAB_DIR"
+# With fewer training articles the model starts to match questions to facts too late for some seeds.
 DEMO_TRAIN_ARTICLES, DEMO_EVAL_ARTICLES = 960, 30
 # Articles of 200-400 characters under 128-token windows: most answers lie beyond the first window.
+# One entity of each kind per article: with several, the model must also learn to match names.
 DEMO_DATA = dict(min_context_chars=200, max_context_chars=400, entities_per_kind=1)
-# The second training stage: windows without the answer come back once the model can find answers.
+# The second training stage: windows without the answer come back once the model can find answers,
+# or it answers confidently in windows that do not hold the answer.
 ANSWERLESS_STAGE = dict(epochs=1, learning_rate=1e-3, warmup_ratio=0.0, answerless_windows=0.3)
 # A recorded measurement, printed so that the one seed's EM is not read as the demo's: five training seeds
 # of `python bench/demo_seeds.py` (seed 0 from `qa-kit demo` itself), bench/RESULTS.md 2026-12-02.
@@ -137,8 +104,8 @@ def continue_history(first: dict, second: dict) -> dict:
 def demo_sets(train_articles: int = DEMO_TRAIN_ARTICLES) -> tuple[list, list, list]:
     """Training, validation and test questions, from three generator seeds.
 
-    The settings above were chosen on the validation set (seed 1, the demo's only held-out set until
-    2026-12); the reported EM comes from the test set (seed 2), which no choice has looked at."""
+    The demo's settings were chosen on the validation set (seed 1); the reported EM comes from the test
+    set (seed 2), which no choice has looked at."""
     sets = []
     for seed, articles, name in ((0, train_articles, "train"), (1, DEMO_EVAL_ARTICLES, "validation"),
                                  (2, DEMO_EVAL_ARTICLES, "test")):  # fmt: skip
