@@ -47,7 +47,7 @@ EXERCISES = {
         ("sliding_window_features",),
         (
             "features.encode_windows",
-            "features.build_windows",
+            "features.window_features",
             "features.label_windows",
             "features.prepare_train_features",
             "features.span_to_tokens",
