@@ -6,10 +6,8 @@ cost does not depend on what a model would predict, and no model has to run.
 - nested loop: the widely used post-processing (HF ``postprocess_qa_predictions`` style): per
   window, the ``n_best`` highest start and end logits, a double loop over their pairs, invalid pairs
   skipped, candidates sorted by score;
-- ours: ``postprocess_predictions(..., candidate_positions=n_best)``, the same candidate filter
-  vectorised. Its best answer must equal the nested loop's for every question;
-- ours exhaustive: the default ``candidate_positions=None`` scores every valid span. Where its
-  answer differs, its score must be at least the nested loop's: the top-k filter can only miss
+- ours: ``postprocess_predictions``, which scores every valid span of each window. Where its
+  answer differs from the nested loop's, its score must be higher: the top-k filter can only miss
   spans, never add them.
 
 Run: ``python bench/decode.py`` with QA_KIT_CMRC_DIR and QA_KIT_VOCAB_DIR set.
@@ -40,8 +38,7 @@ from qa_lib.features import NOT_CONTEXT, prepare_eval_features
 
 SEED = 2018
 N_BEST = 20
-GOAL_SPEEDUP = 10.0
-DEFAULT_REPEATS = 3  # a round costs a few seconds
+DEFAULT_REPEATS = 3  # a round costs about 6 s on two cores
 MAX_ANSWER_LENGTH = DEFAULT_MAX_ANSWER_LENGTH  # the library's default, 100 bert-base-chinese tokens
 
 
@@ -114,43 +111,25 @@ def ours_predictions(
     features: dict,
     start_logits: Sequence[np.ndarray],
     end_logits: Sequence[np.ndarray],
-    candidate_positions: int | None,
 ) -> dict[str, Answer]:
     """Best answer per question from :func:`postprocess_predictions`, with its score."""
     _, nbest = postprocess_predictions(
-        examples,
-        features,
-        start_logits,
-        end_logits,
-        n_best=N_BEST,
-        max_answer_length=MAX_ANSWER_LENGTH,
-        candidate_positions=candidate_positions,
+        examples, features, start_logits, end_logits, n_best=N_BEST, max_answer_length=MAX_ANSWER_LENGTH
     )
     return {qid: Answer(entries[0].text, entries[0].score) if entries else NO_ANSWER for qid, entries in nbest.items()}
 
 
-def assert_same_answers(nested: dict[str, Answer], ours: dict[str, Answer]) -> float:
-    """Fail unless both give the same text for every question; return the largest score gap."""
+def gains_over_nested(nested: dict[str, Answer], ours: dict[str, Answer]) -> list[float]:
+    """Score gained by ours on each question where its answer differs; fails where ours scores lower
+    on any question (ours considers every span the nested loop does)."""
     if nested.keys() != ours.keys():
         raise AssertionError("the nested loop and ours answered different sets of questions")
-    mismatched = [qid for qid in nested if nested[qid].text != ours[qid].text]
-    if mismatched:
-        first = mismatched[0]
-        raise AssertionError(
-            f"{len(mismatched)} answers differ, e.g. {first}: nested {nested[first]}, ours {ours[first]}"
-        )
-    return max((abs(nested[qid].score - ours[qid].score) for qid in nested if nested[qid].text), default=0.0)
-
-
-def exhaustive_gains(nested: dict[str, Answer], exhaustive: dict[str, Answer]) -> list[float]:
-    """Score gained by the exhaustive search on each question where its answer differs; fails on a loss."""
     gains = []
     for qid, answer in nested.items():
-        if exhaustive[qid].text == answer.text:
-            continue
-        if exhaustive[qid].score < answer.score:
-            raise AssertionError(f"{qid}: exhaustive {exhaustive[qid]} scores below nested loop {answer}")
-        gains.append(exhaustive[qid].score - answer.score)
+        if ours[qid].score < answer.score:
+            raise AssertionError(f"{qid}: ours {ours[qid]} scores below nested loop {answer}")
+        if ours[qid].text != answer.text:
+            gains.append(ours[qid].score - answer.score)
     return gains
 
 
@@ -167,33 +146,25 @@ def main() -> None:
             "nested": lambda: nested_loop_predictions(
                 examples, features["example_index"], offset_lists, start_logits, end_logits, N_BEST, MAX_ANSWER_LENGTH
             ),
-            "ours": lambda: ours_predictions(examples, features, start_logits, end_logits, N_BEST),
-            "exhaustive": lambda: ours_predictions(examples, features, start_logits, end_logits, None),
+            "ours": lambda: ours_predictions(examples, features, start_logits, end_logits),
         },
     )
-    nested, ours, exhaustive = (timings[name].result for name in ("nested", "ours", "exhaustive"))
-    score_gap = assert_same_answers(nested, ours)
-    gains = exhaustive_gains(nested, exhaustive)
+    nested, ours = timings["nested"].result, timings["ours"].result
+    gains = gains_over_nested(nested, ours)
     unanswered = sum(1 for answer in nested.values() if not answer.text)
 
     print(
         f"{len(examples)} questions, {len(features['offsets'])} windows of <= {MAX_LENGTH} tokens, "
         f"stride {DOC_STRIDE}; n_best {N_BEST}, max_answer_length {MAX_ANSWER_LENGTH}, seed {SEED}"
     )
-    labels = {
-        "nested": f"nested loop (top-{N_BEST} x top-{N_BEST})",
-        "ours": f"ours, candidate_positions={N_BEST}",
-        "exhaustive": "ours, exhaustive (candidate_positions=None)",
-    }
+    labels = {"nested": f"nested loop (top-{N_BEST} x top-{N_BEST})", "ours": "ours (every valid span)"}
     print_timings(repeats, labels, timings, "nested")
-    speedup = timings["nested"].seconds / timings["ours"].seconds
-    print(f"goal >= {GOAL_SPEEDUP:.0f}x wall: {'met' if speedup >= GOAL_SPEEDUP else 'NOT met'}")
     print(
-        f"candidate_positions={N_BEST}: same best answer for all {len(nested)} questions "
-        f"(largest score gap {score_gap}); the nested loop found no valid span for {unanswered}"
+        f"same best answer for {len(nested) - len(gains)} of {len(nested)} questions; the nested loop "
+        f"found no valid span for {unanswered}"
     )
     print(
-        f"exhaustive: other answer for {len(gains)} questions, each scoring at least as high "
+        f"ours: other answer for {len(gains)} questions, each scoring higher "
         f"(gain min {min(gains, default=0.0):.3f}, max {max(gains, default=0.0):.3f})"
     )
 
@@ -207,16 +178,11 @@ def main() -> None:
             "max_answer_length": MAX_ANSWER_LENGTH,
             "seed": SEED,
             **seconds_record(timings),
-            "speedup": round(speedup, 2),
-            "exhaustive_speedup": round(timings["nested"].seconds / timings["exhaustive"].seconds, 2),
+            "speedup": round(timings["nested"].seconds / timings["ours"].seconds, 2),
             "cpu_speedup": round(timings["nested"].cpu_seconds / timings["ours"].cpu_seconds, 2),
-            "goal_speedup": GOAL_SPEEDUP,
-            "goal_met": speedup >= GOAL_SPEEDUP,
-            "same_answers": True,
-            "max_score_gap": score_gap,
             "nested_unanswered": unanswered,
-            "exhaustive_different": len(gains),
-            "exhaustive_never_worse": True,
+            "ours_different": len(gains),
+            "ours_never_worse": True,
             **machine(),
         }
     )

@@ -11,7 +11,6 @@ context, which is how answers are labelled here and cut out of the context after
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -46,17 +45,19 @@ def char_to_token_positions(encodings, start_chars: Sequence[int], end_chars: Se
 
 # --- Sliding windows -------------------------------------------------------------------------
 
+CONTEXT_SEQUENCE = 1  # sequence id of the context in a question-first pair encoding
+
 
 def encode_windows(
     tokenizer, questions: Sequence[str], contexts: Sequence[str], max_length: int = 512, doc_stride: int = 128
 ):
-    """Question-first pair encoding cut into overlapping windows of at most ``max_length`` tokens,
-    exactly as the tokenizer's own overflow (``return_overflowing_tokens=True``) cuts it.
+    """Question-first pair encoding cut into overlapping windows of at most ``max_length`` tokens by
+    the tokenizer's own overflow (``return_overflowing_tokens=True``), as notebook 2 teaches.
 
     ``doc_stride`` is the number of context tokens two neighbouring windows share, so an answer
     no longer than the overlap always fits whole in some window. Each window knows its example
-    through ``overflow_to_sample_mapping``. This is the form notebook 2 teaches; the library's
-    :func:`build_windows` gives the same windows faster.
+    through ``overflow_to_sample_mapping``; :func:`window_features` turns the result into the
+    features the rest of the library uses.
     """
     return tokenizer(
         list(questions),
@@ -70,61 +71,44 @@ def encode_windows(
     )
 
 
-@dataclass(frozen=True)
-class TokenizedText:
-    ids: np.ndarray  # (n,) token ids without special tokens
-    offsets: np.ndarray  # (n, 2) character offsets
-
-
-def tokenize_texts(tokenizer, texts: Sequence[str]) -> list[TokenizedText]:
-    """Tokenise each text once, without special tokens, keeping character offsets."""
-    encodings = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
-    return [
-        TokenizedText(np.asarray(ids, dtype=np.int64), np.asarray(offsets, dtype=np.int64).reshape(-1, 2))
-        for ids, offsets in zip(encodings["input_ids"], encodings["offset_mapping"])
-    ]
-
-
-def window_starts(context_tokens: int, capacity: int, doc_stride: int) -> range:
-    """First context token of each window: windows of ``capacity`` tokens overlapping by ``doc_stride``."""
+def check_stride(tokenizer, questions: Sequence[str], max_length: int, doc_stride: int) -> None:
+    """Refuse a question that leaves no more than ``doc_stride`` context tokens per window: the
+    tokenizer would abort with a Rust panic instead of an error a student can read."""
+    longest = max((len(ids) for ids in tokenizer(list(questions), add_special_tokens=False)["input_ids"]), default=0)
+    capacity = max_length - longest - tokenizer.num_special_tokens_to_add(pair=True)
     if capacity <= doc_stride:
         raise ValueError(
-            f"the question leaves {capacity} context tokens per window, not more than doc_stride={doc_stride}"
+            f"a question of {longest} tokens leaves {capacity} context tokens per window, "
+            f"not more than doc_stride={doc_stride}"
         )
-    step = capacity - doc_stride
-    last = max(context_tokens - capacity, 0)
-    return range(0, last + step, step) if last % step else range(0, last + 1, step)
 
 
-def build_windows(tokenizer, examples: Sequence[QAExample], max_length: int = 512, doc_stride: int = 128) -> dict:
-    """All windows of all examples: ``[CLS] question [SEP] context slice [SEP]``.
+def context_offsets(encodings, window: int) -> np.ndarray:
+    """One window's character offsets as a ``(tokens, 2)`` array, ``NOT_CONTEXT`` outside the context."""
+    offsets = np.array(encodings["offset_mapping"][window], dtype=np.int64).reshape(-1, 2)
+    offsets[[sequence != CONTEXT_SEQUENCE for sequence in encodings.sequence_ids(window)]] = NOT_CONTEXT
+    return offsets
 
-    Same tokens as :func:`encode_windows`, but each distinct context is tokenised once and shared
-    by all its questions (CMRC has about four questions per paragraph), and windows are cut from
-    arrays instead of re-tokenised. Keys: ``input_ids``, ``token_type_ids`` (lists of arrays),
-    ``example_index``, ``offsets`` (``(tokens, 2)`` arrays, ``NOT_CONTEXT`` outside the context)
-    and ``context_start`` (first context token of the window, in context-token coordinates).
+
+def window_features(tokenizer, examples: Sequence[QAExample], max_length: int = 512, doc_stride: int = 128) -> dict:
+    """All windows of all examples (:func:`encode_windows`) as the features the library works on.
+
+    Keys: ``input_ids``, ``token_type_ids`` (lists of arrays), ``example_index`` (the tokenizer's
+    ``overflow_to_sample_mapping``), ``offsets`` (:func:`context_offsets`) and ``window_in_example``
+    (0 for an example's first window, the one truncation would keep, then 1, 2, ...).
     """
-    distinct = {context: i for i, context in enumerate(dict.fromkeys(e.context for e in examples))}
-    contexts = tokenize_texts(tokenizer, list(distinct))
-    questions = tokenize_texts(tokenizer, [e.question for e in examples])
-    cls, sep = np.array([tokenizer.cls_token_id]), np.array([tokenizer.sep_token_id])
-    features = {key: [] for key in ("input_ids", "token_type_ids", "example_index", "offsets", "context_start")}
-    for index, (example, question) in enumerate(zip(examples, questions)):
-        context = contexts[distinct[example.context]]
-        prefix = np.concatenate([cls, question.ids, sep])
-        capacity = max_length - len(prefix) - 1
-        for start in window_starts(len(context.ids), capacity, doc_stride):
-            piece = slice(start, start + capacity)
-            n = len(context.ids[piece])
-            features["input_ids"].append(np.concatenate([prefix, context.ids[piece], sep]))
-            features["token_type_ids"].append(np.repeat([0, 1], [len(prefix), n + 1]))
-            offsets = np.full((len(prefix) + n + 1, 2), NOT_CONTEXT, dtype=np.int64)
-            offsets[len(prefix) : len(prefix) + n] = context.offsets[piece]
-            features["offsets"].append(offsets)
-            features["example_index"].append(index)
-            features["context_start"].append(start)
-    return features
+    questions, contexts = [e.question for e in examples], [e.context for e in examples]
+    check_stride(tokenizer, questions, max_length, doc_stride)
+    encodings = encode_windows(tokenizer, questions, contexts, max_length, doc_stride)
+    example_index = [int(i) for i in encodings["overflow_to_sample_mapping"]]
+    first_window: dict[int, int] = {}  # each example's first window, met on the way
+    return {
+        "input_ids": [np.array(ids, dtype=np.int64) for ids in encodings["input_ids"]],
+        "token_type_ids": [np.array(types, dtype=np.int64) for types in encodings["token_type_ids"]],
+        "example_index": example_index,
+        "offsets": [context_offsets(encodings, window) for window in range(len(example_index))],
+        "window_in_example": [window - first_window.setdefault(i, window) for window, i in enumerate(example_index)],
+    }
 
 
 def strip_span(context: str, start_char: int, end_char: int) -> tuple[int, int]:
@@ -175,15 +159,15 @@ def label_windows(features: dict, examples: Sequence[QAExample]) -> dict:
 def prepare_train_features(
     tokenizer, examples: Sequence[QAExample], max_length: int = 512, doc_stride: int = 128
 ) -> dict:
-    """Labelled windows for training (see :func:`build_windows` and :func:`label_windows`)."""
-    return label_windows(build_windows(tokenizer, examples, max_length, doc_stride), examples)
+    """Labelled windows for training (see :func:`window_features` and :func:`label_windows`)."""
+    return label_windows(window_features(tokenizer, examples, max_length, doc_stride), examples)
 
 
 def prepare_eval_features(
     tokenizer, examples: Sequence[QAExample], max_length: int = 512, doc_stride: int = 128
 ) -> dict:
     """Windows with their example id, for decoding answers across windows."""
-    features = build_windows(tokenizer, examples, max_length, doc_stride)
+    features = window_features(tokenizer, examples, max_length, doc_stride)
     features["example_id"] = [examples[i].id for i in features["example_index"]]
     return features
 

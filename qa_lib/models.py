@@ -3,7 +3,7 @@
 Taught in notebook 1, section 0 ("load the tokenizer and the model").
 
 transformers 5 has two silent traps that this module turns into loud errors:
-``BertTokenizerFast`` given the file through its ``vocab_file`` keyword ignores it, and
+``BertTokenizerFast`` given the vocabulary file by its old keyword ignores it, and
 ``from_pretrained("bert-base-chinese")`` without network or cache returns a tokenizer that knows
 only the 5 special tokens.
 """

@@ -68,7 +68,7 @@ def predict_examples(
     """
     features = prepare_eval_features(tokenizer, examples, max_length, doc_stride)
     if first_window_only:
-        keep = [w for w, start in enumerate(features["context_start"]) if start == 0]
+        keep = [w for w, position in enumerate(features["window_in_example"]) if position == 0]
         features = {key: [values[w] for w in keep] for key, values in features.items()}
     return predict_features(model, examples, features, max_answer_length, n_best, batch_size)
 

@@ -5,11 +5,14 @@ import torch
 from qa_lib.data import Answer, QAExample, cmrc_file, load_squad
 from qa_lib.decoding import (
     DEFAULT_MAX_ANSWER_LENGTH,
+    Candidate,
     argmax_positions,
     best_spans,
+    n_best_spans,
     postprocess_predictions,
+    rank_candidates,
     span_accuracy,
-    top_spans,
+    span_scores,
 )
 from qa_lib.features import NOT_CONTEXT
 
@@ -56,20 +59,26 @@ def test_window_without_context_gives_minus_infinity():
 
 
 @pytest.mark.parametrize("seed", range(20))
-def test_top_spans_equal_brute_force(seed):
-    generator = torch.Generator().manual_seed(seed)
+def test_n_best_spans_equal_brute_force(seed):
+    rng = np.random.default_rng(seed)
     length, max_len, n = 17, 1 + seed % 6, 7
-    start, end = torch.randn(3, length, generator=generator), torch.randn(3, length, generator=generator)
-    start_ok = torch.rand(3, length, generator=generator) > 0.3
-    end_ok = torch.rand(3, length, generator=generator) > 0.3
-    scores, starts, ends = top_spans(start, end, start_ok, end_ok, max_len, n)
-    for w in range(3):
-        expected = brute_force_spans(start[w], end[w], start_ok[w], end_ok[w], max_len)[:n]
-        got = [
-            (s, i, j) for s, i, j in zip(scores[w].tolist(), starts[w].tolist(), ends[w].tolist()) if s > float("-inf")
-        ]
-        assert [(i, j) for _, i, j in got] == [(i, j) for _, i, j in expected]
-        assert [s for s, _, _ in got] == pytest.approx([s for s, _, _ in expected], rel=1e-5)
+    start, end = rng.normal(size=length).astype(np.float32), rng.normal(size=length).astype(np.float32)
+    context = rng.random(length) > 0.3
+    scores = span_scores(start, end, context, max_len)
+    starts, ends = n_best_spans(scores, n)
+    expected = brute_force_spans(start, end, context, context, max_len)[:n]
+    assert list(zip(starts.tolist(), ends.tolist())) == [(i, j) for _, i, j in expected]
+    assert scores[starts, ends].tolist() == pytest.approx([s for s, _, _ in expected], rel=1e-6)
+
+
+def test_end_before_start_is_never_a_span():
+    rng = np.random.default_rng(0)
+    start, end = rng.normal(size=(3, 40)), rng.normal(size=(3, 40))
+    scores = span_scores(start, end, np.ones((3, 40), dtype=bool), 40)
+    below_diagonal = np.tril(np.ones((40, 40), dtype=bool), -1)
+    assert np.isneginf(scores[:, below_diagonal]).all() and np.isfinite(scores[:, ~below_diagonal]).all()
+    s, e, _ = best_spans(torch.from_numpy(start), torch.from_numpy(end), torch.ones(3, 40, dtype=torch.bool), 40)
+    assert (s <= e).all()
 
 
 def test_best_spans_batched_equals_one_by_one():
@@ -116,21 +125,30 @@ def test_nbest_across_windows_equals_brute_force_over_character_spans():
     assert sum(c.probability for c in nbest["x"]) == pytest.approx(1.0)
 
 
-def test_candidate_positions_reproduces_the_nested_loop():
-    rng = np.random.default_rng(3)
-    offsets = windows_for(50, 50, 50)
-    example = QAExample("x", "", "字" * 50, "q", (Answer("字", 0),))
-    features = {"example_index": [0], "offsets": offsets}
-    start, end = rng.normal(size=len(offsets[0])), rng.normal(size=len(offsets[0]))
-    _, nbest = postprocess_predictions(
-        [example], features, [start], [end], n_best=3, max_answer_length=6, candidate_positions=5
+def test_ranking_keeps_each_span_once_best_first_with_probabilities():
+    found = [
+        Candidate("乙", 1.0, 1, 2),
+        Candidate("甲乙", 3.0, 0, 2),
+        Candidate("乙", 2.0, 1, 2),  # the same characters from another window, with a better score
+        Candidate("丙", 2.0, 2, 3),  # a tie with 乙: the earlier span first
+        Candidate("甲", 0.5, 0, 1),
+    ]
+    ranked = rank_candidates(found, n_best=3)
+    assert [(c.text, c.score) for c in ranked] == [("甲乙", 3.0), ("乙", 2.0), ("丙", 2.0)]
+    weights = np.exp([0.0, -1.0, -1.0])
+    assert [c.probability for c in ranked] == pytest.approx((weights / weights.sum()).tolist())
+    assert rank_candidates([], n_best=3) == []
+
+
+def test_logits_beyond_the_window_are_padding_and_ignored():
+    context = "甲乙丙"
+    example = QAExample("p", "", context, "q", (Answer("乙", 1),))
+    offsets = np.array([[-1, -1], [0, 1], [1, 2], [2, 3], [-1, -1]])
+    padded = np.array([0.0, 0.0, 1.0, 0.0, 0.0, 50.0, 50.0])  # two padding positions with huge logits
+    predictions, nbest = postprocess_predictions(
+        [example], {"example_index": [0], "offsets": [offsets]}, [padded], [padded], max_answer_length=2
     )
-    top_s, top_e = np.argsort(start)[::-1][:5], np.argsort(end)[::-1][:5]
-    ok = offsets[0][:, 0] != NOT_CONTEXT
-    pairs = sorted(
-        ((start[i] + end[j], i, j) for i in top_s for j in top_e if ok[i] and ok[j] and 0 <= j - i < 6), reverse=True
-    )
-    assert nbest["x"][0].start_char == offsets[0][pairs[0][1], 0]
+    assert predictions["p"] == "乙" and nbest["p"][0].score == 2.0
 
 
 def test_combining_marks_stay_with_their_letter():

@@ -1,20 +1,18 @@
 import numpy as np
 import pytest
 
-from qa_lib.data import Answer, QAExample, cmrc_file, load_squad
+from qa_lib.data import Answer, QAExample
 from qa_lib.features import (
     CLS_INDEX,
     NOT_CONTEXT,
     answer_coverage,
-    build_windows,
     char_to_token_positions,
-    encode_windows,
     keep_answerless_windows,
     prepare_eval_features,
     prepare_train_features,
     span_to_tokens,
     strip_span,
-    window_starts,
+    window_features,
 )
 
 
@@ -33,30 +31,28 @@ def test_simple_path_uses_last_character_and_cls_when_truncated(offline_tokenize
     assert (starts[1].item(), ends[1].item()) == (CLS_INDEX, CLS_INDEX)  # 丙丁戊己 runs past the cut
 
 
-def test_window_starts_cover_the_context_with_the_requested_overlap():
-    assert list(window_starts(10, 10, 4)) == [0]
-    assert list(window_starts(11, 10, 4)) == [0, 6]
-    assert list(window_starts(16, 10, 4)) == [0, 6]
-    assert list(window_starts(17, 10, 4)) == [0, 6, 12]
-    with pytest.raises(ValueError, match="doc_stride"):
-        window_starts(10, 4, 4)
-
-
-def test_build_windows_matches_the_tokenizer_overflow(offline_tokenizer):
-    contexts = ["北京是中国的首都。" * k + "Hello World 2019年，ＡＢＣ。" for k in (1, 5, 13, 40)]
+def test_windows_overlap_by_doc_stride_and_cover_the_context(offline_tokenizer):
+    contexts = ["北京是中国的首都。" * k + "Hello World 2019年，ＡＢＣ。" for k in (1, 5, 13)]
     examples = [example(c, "首都", qid=str(i)) for i, c in enumerate(contexts)]
-    for max_length, stride in [(32, 8), (64, 16), (512, 128)]:
-        ours = build_windows(offline_tokenizer, examples, max_length, stride)
-        reference = encode_windows(offline_tokenizer, [e.question for e in examples], contexts, max_length, stride)
-        assert [list(ids) for ids in ours["input_ids"]] == reference["input_ids"]
-        assert [list(t) for t in ours["token_type_ids"]] == reference["token_type_ids"]
-        assert ours["example_index"] == list(reference["overflow_to_sample_mapping"])
-        for w, offsets in enumerate(ours["offsets"]):
-            context_tokens = [sid == 1 for sid in reference.sequence_ids(w)]
-            expected = [
-                o if c else (NOT_CONTEXT, NOT_CONTEXT) for o, c in zip(reference["offset_mapping"][w], context_tokens)
-            ]
-            assert [tuple(o) for o in offsets.tolist()] == expected
+    features = window_features(offline_tokenizer, examples, 32, 8)
+    assert features["example_index"] == sorted(features["example_index"])
+    for index, context in enumerate(contexts):
+        windows = [w for w, i in enumerate(features["example_index"]) if i == index]
+        assert [features["window_in_example"][w] for w in windows] == list(range(len(windows)))
+        spans = [features["offsets"][w][features["offsets"][w][:, 0] != NOT_CONTEXT] for w in windows]
+        assert spans[0][0, 0] == 0 and spans[-1][-1, 1] == len(context)
+        for before, after in zip(spans, spans[1:]):
+            assert before[-8:].tolist() == after[:8].tolist()  # doc_stride context tokens shared
+        for w in windows:  # NOT_CONTEXT exactly on [CLS] question [SEP] and the final [SEP]
+            outside = features["offsets"][w][:, 0] == NOT_CONTEXT
+            assert outside.tolist() == [t == 0 for t in features["token_type_ids"][w][:-1]] + [True]
+
+
+def test_a_question_leaving_no_more_than_doc_stride_context_tokens_is_refused(offline_tokenizer):
+    examples = [example("甲乙丙丁" * 30, "乙", question="问题" * 15)]  # 30 tokens: 64 - 30 - 3 = 31 <= 40
+    with pytest.raises(ValueError, match="doc_stride=40"):
+        window_features(offline_tokenizer, examples, 64, 40)
+    assert len(window_features(offline_tokenizer, examples, 64, 30)["input_ids"]) > 1
 
 
 def offsets_for(pairs):
@@ -91,12 +87,15 @@ def test_labels_inside_window_at_last_token_and_cls_across_boundary(offline_toke
     features = prepare_train_features(offline_tokenizer, examples, max_length, stride)
     labels = list(
         zip(
-            features["example_index"], features["context_start"], features["start_positions"], features["end_positions"]
+            features["example_index"],
+            features["window_in_example"],
+            features["start_positions"],
+            features["end_positions"],
         )
     )
     assert (0, 0, 22, 22) in labels  # token 3 + 19 = 22, the last context token of window 0
     assert (1, 0, CLS_INDEX, CLS_INDEX) in labels
-    assert (1, 14, 3 + 3, 3 + 8) in labels
+    assert (1, 1, 3 + 3, 3 + 8) in labels  # window 1 starts at context token 14
     assert min(features["start_positions"]) >= 0 and min(features["end_positions"]) >= 0
     assert answer_coverage(features, 2) == 1.0
 
@@ -118,15 +117,6 @@ def test_eval_features_keep_example_ids(offline_tokenizer):
     features = prepare_eval_features(offline_tokenizer, examples, 32, 8)
     assert features["example_id"] == ["a" if i == 0 else "b" for i in features["example_index"]]
     assert features["example_id"].count("a") > 1
-
-
-@pytest.mark.parametrize("split", ["dev", "trial"])
-def test_real_windows_equal_tokenizer_overflow(real_tokenizer, cmrc_dir, split):
-    examples, _ = load_squad(cmrc_file(split, cmrc_dir))
-    ours = build_windows(real_tokenizer, examples, 384, 128)
-    reference = encode_windows(real_tokenizer, [e.question for e in examples], [e.context for e in examples], 384, 128)
-    assert len(ours["input_ids"]) == len(reference["input_ids"])
-    assert all(list(a) == b for a, b in zip(ours["input_ids"], reference["input_ids"]))
 
 
 def test_keep_answerless_windows_drops_only_cls_windows_and_counts_them():

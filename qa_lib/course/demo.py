@@ -50,8 +50,8 @@ def data_report(
     """Windows per question, answer coverage with truncation vs windows, and the oracle scores."""
     features = label_windows(prepare_eval_features(tokenizer, examples, max_length, doc_stride), examples)
     labelled = [
-        (i, start)
-        for i, start, s in zip(features["example_index"], features["context_start"], features["start_positions"])
+        (i, position)
+        for i, position, s in zip(features["example_index"], features["window_in_example"], features["start_positions"])
         if s != CLS_INDEX
     ]
     starts, ends = gold_logits(features)
@@ -62,7 +62,7 @@ def data_report(
         "questions": len(examples),
         "windows": len(features["input_ids"]),
         "windows_per_question": len(features["input_ids"]) / len(examples),
-        "covered_by_truncation": len({i for i, start in labelled if start == 0}) / len(examples),
+        "covered_by_truncation": len({i for i, position in labelled if position == 0}) / len(examples),
         "covered_by_windows": answer_coverage(features, len(examples)),
         "oracle_em": oracle["EM"],
         "oracle_f1": oracle["F1"],

@@ -47,13 +47,13 @@ EXERCISES = {
         ("sliding_window_features",),
         (
             "features.encode_windows",
-            "features.build_windows",
+            "features.window_features",
             "features.label_windows",
             "features.prepare_train_features",
             "features.span_to_tokens",
         ),
     ),
-    "e7": Exercise("e7_best_span", ("best_span",), ("decoding.best_spans", "decoding.top_spans")),
+    "e7": Exercise("e7_best_span", ("best_span",), ("decoding.best_spans", "decoding.span_scores")),
     "e8": Exercise(
         "e8_predict_long",
         ("predict_long",),
@@ -62,6 +62,7 @@ EXERCISES = {
             "predict.predict_examples",
             "decoding.postprocess_predictions",
             "decoding.window_candidates",
+            "decoding.rank_candidates",
             "features.prepare_eval_features",
         ),
         graded_with=("best_span",),
