@@ -224,8 +224,10 @@ def empty_folder(folder: Path, keep: Iterable[Path] = ()) -> None:
 @functools.cache
 def kernels_folder() -> Path:
     """Where this process's grading kernels keep their sockets and scratch copies (one folder for the warm server
-    to share with its kernels)."""
-    return Path(tempfile.mkdtemp(prefix="qa-kit-kernels-"))
+    to share with its kernels); removed when the process ends, as each kernel's own folder is when it ends."""
+    folder = Path(tempfile.mkdtemp(prefix="qa-kit-kernels-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 STARTUP_SECONDS = 120  # a warm kernel server imports torch, transformers and the kit before its first kernel
@@ -307,9 +309,7 @@ class SandboxedKernelManager(AsyncKernelManager):
     def forked_provisioner(self, server: WarmKernels):
         from .warm_kernel import ForkedKernelProvisioner
 
-        forked = ForkedKernelProvisioner(
-            server, self.private, kernel_id=self.kernel_id, kernel_spec=self.kernel_spec, parent=self
-        )
+        forked = ForkedKernelProvisioner(server, kernel_id=self.kernel_id, kernel_spec=self.kernel_spec, parent=self)
         forked.connection_info = self.provisioner.connection_info
         return forked
 

@@ -140,13 +140,13 @@ class ForkedKernel:
 class ForkedKernelProvisioner(LocalProvisioner):
     """``LocalProvisioner`` with the kernel forked by the warm server instead of started as a new process."""
 
-    def __init__(self, server, private, **kwargs):
+    def __init__(self, server, **kwargs):
         super().__init__(**kwargs)
-        self.server, self.private = server, private
+        self.server = server
 
     async def launch_kernel(self, cmd: list[str], **kwargs):
         request = {"connection_file": self.parent.connection_file, "cwd": kwargs["cwd"], "env": kwargs["env"]}
-        self.process = self.server.fork_kernel(self.private, request)
+        self.process = self.server.fork_kernel(self.parent.private, request)
         self.pid = self.pgid = None  # nothing here to signal directly: ForkedKernel asks the server
         self.cwd = kwargs["cwd"]
         return self.connection_info
