@@ -66,8 +66,8 @@ def span_scores(
     This is exercise E7's ``(tokens, tokens)`` matrix ``start_logits[i] + end_logits[j]``
     restricted to its diagonal band of lengths 1 to ``max_answer_length`` (``j - i`` from 0 to
     ``max_answer_length - 1``): everywhere else that matrix is ``-inf``. Row ``s`` of the band is
-    the part of row ``s`` of the matrix from column ``s`` on, so a ``(512, 100)`` band replaces a
-    ``(512, 512)`` matrix."""
+    row ``s`` of the matrix from column ``s`` on, ``max_answer_length`` entries of it, so a
+    ``(512, 100)`` band replaces a ``(512, 512)`` matrix."""
     starts = np.where(context, start_logits, -np.inf)
     ends = np.where(context, end_logits, -np.inf)
     width = min(max_answer_length, ends.shape[-1])
