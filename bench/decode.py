@@ -38,7 +38,7 @@ from qa_lib.features import NOT_CONTEXT, prepare_eval_features
 
 SEED = 2018
 N_BEST = 20
-DEFAULT_REPEATS = 3  # a round costs about 6 s on two cores
+DEFAULT_REPEATS = 3  # a round costs about 2 s on two cores
 MAX_ANSWER_LENGTH = DEFAULT_MAX_ANSWER_LENGTH  # the library's default, 100 bert-base-chinese tokens
 
 

@@ -7,7 +7,9 @@ across windows, exercise E8).
 Independent argmaxes can give an end before the start, a span through the question, or a
 span hundreds of tokens long. The best valid span maximises ``start_logit + end_logit`` over
 spans with ``start <= end < start + max_answer_length`` inside the context. Each window's spans
-are scored as one matrix (no Python loop over positions); windows are then taken one by one.
+are scored as one array (no Python loop over positions): a row per start token, a column per span
+length, which is exercise E7's start-by-end matrix without the part that is always invalid. Windows
+are then taken one by one.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+from numpy.lib.stride_tricks import sliding_window_view
 
 from .data import QAExample
 from .features import CLS_INDEX, NOT_CONTEXT
@@ -54,15 +57,24 @@ def span_accuracy(predicted: torch.Tensor, gold: torch.Tensor) -> float:
 def span_scores(
     start_logits: np.ndarray, end_logits: np.ndarray, context: np.ndarray, max_answer_length: int
 ) -> np.ndarray:
-    """``scores[..., i, j] = start_logits[..., i] + end_logits[..., j]`` for every span of a window
-    (or of each window of a batch), ``-inf`` where the span is invalid: its end before its start,
-    longer than ``max_answer_length`` tokens, or a start or end outside the ``context`` mask (the
-    question, special tokens, padding). The matrix of exercise E7."""
-    positions = np.arange(start_logits.shape[-1])
-    end_minus_start = positions[None, :] - positions[:, None]
-    valid = (end_minus_start >= 0) & (end_minus_start < max_answer_length)
-    valid = valid & context[..., :, None] & context[..., None, :]
-    return np.where(valid, start_logits[..., :, None] + end_logits[..., None, :], -np.inf)
+    """``scores[..., s, l] = start_logits[..., s] + end_logits[..., s + l]``: the score of the span
+    of tokens ``s`` to ``s + l`` (``l + 1`` tokens) for every start ``s`` of a window (or of each
+    window of a batch) and every length up to ``max_answer_length``; ``-inf`` where ``s`` or
+    ``s + l`` is outside the ``context`` mask (the question, special tokens, padding) or past the
+    window's end.
+
+    This is exercise E7's ``(tokens, tokens)`` matrix ``start_logits[i] + end_logits[j]``
+    restricted to its diagonal band of lengths 1 to ``max_answer_length`` (``j - i`` from 0 to
+    ``max_answer_length - 1``): everywhere else that matrix is ``-inf``. Row ``s`` of the band is
+    row ``s`` of the matrix from column ``s`` on, ``max_answer_length`` entries of it, so a
+    ``(512, 100)`` band replaces a ``(512, 512)`` matrix."""
+    starts = np.where(context, start_logits, -np.inf)
+    ends = np.where(context, end_logits, -np.inf)
+    width = min(max_answer_length, ends.shape[-1])
+    past_the_end = np.full(ends.shape[:-1] + (width - 1,), -np.inf, dtype=ends.dtype)
+    # ends_from[..., s, l] is ends[..., s + l]: a view of width-long slices starting at each token, no copy.
+    ends_from = sliding_window_view(np.concatenate([ends, past_the_end], axis=-1), width, axis=-1)
+    return starts[..., :, None] + ends_from
 
 
 def best_spans(
@@ -72,7 +84,8 @@ def best_spans(
     max_answer_length: int = DEFAULT_MAX_ANSWER_LENGTH,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Best valid ``(start, end, score)`` inside the context, per window (one window or a batch):
-    the argmax of :func:`span_scores`, as E7 asks. A window with no context token returns
+    the argmax of :func:`span_scores`, as E7 asks (equal scores: the earlier start, then the
+    shorter span, as E7's argmax over its matrix). A window with no context token returns
     ``(0, 0, -inf)``."""
     scores = span_scores(
         start_logits.float().numpy(force=True),
@@ -82,8 +95,8 @@ def best_spans(
     )
     flat = torch.from_numpy(scores).flatten(-2)
     best = flat.argmax(dim=-1)
-    tokens = scores.shape[-1]
-    return best // tokens, best % tokens, flat.gather(-1, best.unsqueeze(-1)).squeeze(-1)
+    starts, lengths = best // scores.shape[-1], best % scores.shape[-1]
+    return starts, starts + lengths, flat.gather(-1, best.unsqueeze(-1)).squeeze(-1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,13 +109,15 @@ class Candidate:
 
 
 def n_best_spans(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Start and end tokens of the ``n`` highest-scoring valid spans in one window's
-    :func:`span_scores`, best first (fewer when the window has fewer valid spans)."""
+    """Start tokens and lengths (``end = start + length``) of the ``n`` highest-scoring valid spans
+    in one window's :func:`span_scores`, best first; equal scores: the earlier start, then the
+    shorter span. Fewer when the window has fewer valid spans."""
+    # A floor for the n best: the n-th best of the starts' own best spans. n starts each have a span
+    # that scores at least this much, so no span below it can be among the n best.
+    floor = np.sort(scores.max(axis=-1))[-n:][0]
     flat = scores.ravel()
-    valid = np.flatnonzero(flat > -np.inf)  # valid spans are a band of the matrix: partition only them
-    if len(valid) > n:
-        valid = valid[np.argpartition(-flat[valid], n - 1)[:n]]
-    best = valid[np.argsort(-flat[valid], kind="stable")]
+    candidates = np.flatnonzero((flat >= floor) & (flat > -np.inf))  # a few more than n, earliest first
+    best = candidates[np.argsort(-flat[candidates], kind="stable")[:n]]
     return np.unravel_index(best, scores.shape)
 
 
@@ -131,10 +146,10 @@ def window_candidates(
     start_logits = np.asarray(start_logits[:tokens], dtype=np.float32)
     end_logits = np.asarray(end_logits[:tokens], dtype=np.float32)
     scores = span_scores(start_logits, end_logits, offsets[:, 0] != NOT_CONTEXT, max_answer_length)
-    starts, ends = n_best_spans(scores, n_best)
+    starts, lengths = n_best_spans(scores, n_best)
     candidates = []
     for score, start_char, end_char in zip(
-        scores[starts, ends].tolist(), offsets[starts, 0].tolist(), offsets[ends, 1].tolist()
+        scores[starts, lengths].tolist(), offsets[starts, 0].tolist(), offsets[starts + lengths, 1].tolist()
     ):
         end_char = extend_over_marks(context, end_char)
         candidates.append(Candidate(context[start_char:end_char], score, start_char, end_char))

@@ -65,20 +65,55 @@ def test_n_best_spans_equal_brute_force(seed):
     start, end = rng.normal(size=length).astype(np.float32), rng.normal(size=length).astype(np.float32)
     context = rng.random(length) > 0.3
     scores = span_scores(start, end, context, max_len)
-    starts, ends = n_best_spans(scores, n)
+    starts, lengths = n_best_spans(scores, n)
     expected = brute_force_spans(start, end, context, context, max_len)[:n]
-    assert list(zip(starts.tolist(), ends.tolist())) == [(i, j) for _, i, j in expected]
-    assert scores[starts, ends].tolist() == pytest.approx([s for s, _, _ in expected], rel=1e-6)
+    assert list(zip(starts.tolist(), (starts + lengths).tolist())) == [(i, j) for _, i, j in expected]
+    assert scores[starts, lengths].tolist() == pytest.approx([s for s, _, _ in expected], rel=1e-6)
+
+
+def e7_matrix(start, end, context, max_len):
+    """Exercise E7's (tokens x tokens) matrix: start[i] + end[j], -inf for invalid spans."""
+    i, j = np.indices((start.shape[-1], start.shape[-1]))
+    valid = (j >= i) & (j - i < max_len) & context[..., :, None] & context[..., None, :]
+    return np.where(valid, start[..., :, None] + end[..., None, :], -np.inf)
+
+
+@pytest.mark.parametrize("max_len", [1, 7, 40, 100])
+def test_span_scores_are_e7s_matrix_on_its_band(max_len):
+    rng = np.random.default_rng(max_len)
+    start, end = rng.normal(size=(3, 40)).astype(np.float32), rng.normal(size=(3, 40)).astype(np.float32)
+    context = rng.random((3, 40)) > 0.2
+    band, matrix = span_scores(start, end, context, max_len), e7_matrix(start, end, context, max_len)
+    assert band.shape == (3, 40, min(max_len, 40)) and band.dtype == np.float32
+    for s in range(40):
+        for length in range(band.shape[-1]):
+            expected = matrix[:, s, s + length] if s + length < 40 else np.full(3, -np.inf)
+            assert band[:, s, length].tolist() == expected.tolist()
+    # Everything of the matrix outside the band is -inf: the band holds every valid span.
+    assert np.isfinite(band).sum() == np.isfinite(matrix).sum()
 
 
 def test_end_before_start_is_never_a_span():
     rng = np.random.default_rng(0)
     start, end = rng.normal(size=(3, 40)), rng.normal(size=(3, 40))
-    scores = span_scores(start, end, np.ones((3, 40), dtype=bool), 40)
-    below_diagonal = np.tril(np.ones((40, 40), dtype=bool), -1)
-    assert np.isneginf(scores[:, below_diagonal]).all() and np.isfinite(scores[:, ~below_diagonal]).all()
     s, e, _ = best_spans(torch.from_numpy(start), torch.from_numpy(end), torch.ones(3, 40, dtype=torch.bool), 40)
     assert (s <= e).all()
+    matrix = torch.from_numpy(e7_matrix(start, end, np.ones((3, 40), dtype=bool), 40)).flatten(-2)
+    assert s.tolist() == (matrix.argmax(-1) // 40).tolist() and e.tolist() == (matrix.argmax(-1) % 40).tolist()
+
+
+def test_equal_scores_keep_the_earlier_start_then_the_shorter_span():
+    context = np.array([False, True, True, True, False])
+    starts, lengths = n_best_spans(span_scores(np.zeros(5), np.zeros(5), context, 2), 4)
+    assert list(zip(starts.tolist(), (starts + lengths).tolist())) == [(1, 1), (1, 2), (2, 2), (2, 3)]
+    s, e, score = best_spans(torch.zeros(5), torch.zeros(5), torch.from_numpy(context), 2)
+    assert (s.item(), e.item(), score.item()) == (1, 1, 0.0)
+
+
+def test_a_window_with_fewer_valid_spans_than_asked_gives_them_all():
+    context = np.array([False, True, True, False])
+    starts, lengths = n_best_spans(span_scores(np.arange(4.0), np.arange(4.0), context, 100), 20)
+    assert list(zip(starts.tolist(), (starts + lengths).tolist())) == [(2, 2), (1, 2), (1, 1)]
 
 
 def test_best_spans_batched_equals_one_by_one():
