@@ -7,10 +7,12 @@ other notebook solved) and a few hostile submissions of tests/test_hostile_submi
 1. The class is released once, then graded twice from identical copies: ``qa-kit grade --jobs 1`` and
    ``--jobs 2``, each as a child process. Wall time gives students per minute and the speed-up; CPU per student
    is the CPU of the child and all its descendants (workers, sandboxed kernels, judge probes).
-2. One solution student is autograded twice in this process (cold: first imports and the judge's one-off
-   caches; warm: what each further student of a long-lived worker costs) with the phases wrapped (kernel
-   execution, the judge and each of its probes) to split wall and CPU time; the autograded notebooks' cell
-   timestamps split the kernel's time by cell; cProfile lists the grading process's own CPU by function.
+2. One solution student is autograded three times in this process (cold: first imports, the warm servers and
+   the judge's one-off caches; warm: what each further student of a long-lived worker costs) with the phases
+   wrapped (kernel execution, the judge and each of its probes) to split wall and CPU time; the autograded
+   notebooks' cell timestamps split the kernel's time by cell. The third run is under cProfile, which lists
+   the grading process's own CPU by function; it is kept out of the phase times, which it would inflate
+   (the profiler slows the grading process's pure-Python work several times over).
 
 CPU is read from /proc, not from rusage: bubblewrap's pid namespace ends with its init killed, so the CPU of a
 sandboxed kernel or probe never reaches its grandparent's rusage. A sampler thread reads utime + stime of every
@@ -85,27 +87,30 @@ class Process(NamedTuple):
     parent: int
     started: str
     cpu: float
-    warm_probe: bool
+    warm_server: bool
 
 
-WARM_PROBE_MARK = b"qa_lib.course.probe\x00--serve"
+# Warm servers (the judge's probes, the grading kernels) fork their jobs: a job often ends within one sampling
+# period, so a server counts with its reaped children's CPU and nothing below it is walked. A server is the
+# Python whose arguments start so; the bubblewrap processes around it carry the same words further along.
+WARM_SERVER_ARGUMENTS = (b"-m\x00qa_lib.course.probe\x00--serve\x00", b"-m\x00qa_lib.course.warm_kernel\x00")
 
 
 def process_table() -> dict[int, Process]:
-    """Every process readable in /proc. A warm probe server's CPU includes its reaped children's (cutime,
-    cstime): its jobs are forked children that often end within one sampling period."""
+    """Every process readable in /proc. A warm server's CPU includes its reaped children's (cutime, cstime)."""
     table = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
             fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
-            warm_probe = WARM_PROBE_MARK in Path(entry.path, "cmdline").read_bytes()
+            arguments = Path(entry.path, "cmdline").read_bytes().partition(b"\x00")[2]
+            warm_server = arguments.startswith(WARM_SERVER_ARGUMENTS)
         except OSError:
             continue  # ended meanwhile
         # After the command: state, ppid, ..., utime (12th), stime (13th), cutime, cstime, ..., starttime (20th).
-        cpu = sum(int(field) for field in fields[11 : 15 if warm_probe else 13]) / TICKS
-        table[int(entry.name)] = Process(int(fields[1]), fields[19], cpu, warm_probe)
+        cpu = sum(int(field) for field in fields[11 : 15 if warm_server else 13]) / TICKS
+        table[int(entry.name)] = Process(int(fields[1]), fields[19], cpu, warm_server)
     return table
 
 
@@ -118,10 +123,10 @@ class TreeCPU:
     def sample(self) -> None:
         table = process_table()
         family, walked, grew = {self.root}, {self.root}, True
-        while grew:  # below a warm probe server nothing is walked: its own entry already counts its jobs
+        while grew:  # below a warm server nothing is walked: its own entry already counts its jobs
             more = {pid for pid, process in table.items() if process.parent in walked} - family
             family |= more
-            walked |= {pid for pid in more if not table[pid].warm_probe}
+            walked |= {pid for pid in more if not table[pid].warm_server}
             grew = bool(more)
         for pid in family & table.keys():
             self.seen[(pid, table[pid].started)] = table[pid].cpu
@@ -217,7 +222,7 @@ def cell_times(path: Path) -> dict:
 
 
 def profile_one(course_root: Path, student: str) -> dict:
-    """Autograde one student in this process, phases wrapped, the grading process profiled."""
+    """Autograde one student in this process, phases wrapped."""
     from qa_lib.course.judge import Judge, SandboxedExecute
 
     phases: dict = {}
@@ -225,12 +230,11 @@ def profile_one(course_root: Path, student: str) -> dict:
     SandboxedExecute.preprocess = wrapped(phases, "kernel: start, cells, shutdown", SandboxedExecute.preprocess)
     Judge.preprocess = wrapped(phases, "judge: cases, probes, comparisons", Judge.preprocess)
     judge.run_probe = wrapped(phases, PROBE_PHASE, judge.run_probe)
-    profiler = cProfile.Profile(time.process_time)
     try:
         course = Course(course_root)
         wall = time.perf_counter()
         with TreeCPU(os.getpid()) as cpu, nbgrader_warnings_off():
-            profiler.runcall(course.autograde, student)
+            course.autograde(student)
         total = {"calls": 1, "wall_s": time.perf_counter() - wall, "cpu_s": cpu.seconds}
     finally:
         SandboxedExecute.preprocess, Judge.preprocess, judge.run_probe = originals
@@ -243,17 +247,25 @@ def profile_one(course_root: Path, student: str) -> dict:
     phases["total autograde of one student"] = total
     folder = course_root / "autograded" / student / ASSIGNMENT
     kernel = {name: cell_times(folder / f"{name}.ipynb") for name in (NB1, NB2)}
-    stats = pstats.Stats(profiler)
-    top = sorted(stats.stats.items(), key=lambda item: item[1][2], reverse=True)[:8]
-    own = [(f"{Path(file).name}:{line}:{name}", round(entry[2], 2)) for (file, line, name), entry in top]
-    return {"phases": phases, "kernel_cells": kernel, "grader_own_cpu_by_function": own}
+    return {"phases": phases, "kernel_cells": kernel}
 
 
-def profile_twice(template: Path, scratch: Path, student: str) -> dict:
-    """Cold (first student of a process: imports, the judge's caches) and warm (the next one)."""
+def grader_cpu_by_function(course_root: Path, student: str) -> list[tuple[str, float]]:
+    """The grading process's own CPU by function (top 8 by own time) over one more autograde, under cProfile."""
+    profiler = cProfile.Profile(time.process_time)
+    with nbgrader_warnings_off():
+        profiler.runcall(Course(course_root).autograde, student)
+    top = sorted(pstats.Stats(profiler).stats.items(), key=lambda item: item[1][2], reverse=True)[:8]
+    return [(f"{Path(file).name}:{line}:{name}", round(entry[2], 2)) for (file, line, name), entry in top]
+
+
+def profile_student(template: Path, scratch: Path, student: str) -> dict:
+    """Cold (first student of a process: imports, the servers, the judge's caches), warm (the next one), and the
+    grading process's own CPU by function."""
     course_root = scratch / "profiled"
     shutil.copytree(template, course_root)
-    return {"cold": profile_one(course_root, student), "warm": profile_one(course_root, student)}
+    phases = {"cold": profile_one(course_root, student), "warm": profile_one(course_root, student)}
+    return phases | {"grader_own_cpu_by_function": grader_cpu_by_function(course_root, student)}
 
 
 # --- Printing -----------------------------------------------------------------------------------------------------
@@ -292,9 +304,6 @@ def print_profile(label: str, profile: dict) -> None:
     for name, cells in profile["kernel_cells"].items():
         slowest = ", ".join(f"{cell} {seconds:.1f}" for cell, seconds in cells["slowest"])
         print(f"kernel cells of {name}: {cells['cells_s']:.1f} s in all; slowest: {slowest}")
-    print("grading process's own CPU by function (cProfile, process time, top 8 by own time):")
-    for name, seconds in profile["grader_own_cpu_by_function"]:
-        print(f"  {seconds:>6.2f} s  {name}")
 
 
 def main() -> None:
@@ -310,9 +319,13 @@ def main() -> None:
         runs = [grade_run(template, scratch, int(jobs)) for jobs in args.jobs.split(",") if jobs]
         if runs:
             print_runs(runs)
-        profile = None if args.no_profile else profile_twice(template, scratch, "s000_solution")
-        for label, result in (profile or {}).items():
-            print_profile(label, result)
+        profile = None if args.no_profile else profile_student(template, scratch, "s000_solution")
+        if profile:
+            print_profile("cold", profile["cold"])
+            print_profile("warm", profile["warm"])
+            print("\ngrading process's own CPU by function (one more autograde under cProfile, top 8 by own time):")
+            for name, seconds in profile["grader_own_cpu_by_function"]:
+                print(f"  {seconds:>6.2f} s  {name}")
     print(json.dumps({"runs": runs, "profile": profile}, ensure_ascii=False, default=str))
 
 
