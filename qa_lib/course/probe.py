@@ -336,7 +336,7 @@ def require_own_pid_namespace() -> None:
     with open("/proc/1/comm", encoding="utf-8") as comm:
         init = comm.read().strip()
     if init != "bwrap" or os.getpid() != 2:
-        raise SystemExit("the warm probe runs only as the first process of a bubblewrap sandbox")
+        raise SystemExit(f"{sys.argv[0]} runs only as the first process of a bubblewrap sandbox")
 
 
 def run_forked_job(folder: str, tokenizer) -> None:

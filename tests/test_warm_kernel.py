@@ -1,0 +1,128 @@
+"""Warm grading kernels (qa_lib/course/warm_kernel.py): under autograde each notebook's kernel is forked by a
+sandboxed server that imported the libraries once. Forking must not let one student's kernel see or touch what an
+earlier one left, nor reach the server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from qa_lib.course import sandbox
+from qa_lib.course.warm_kernel import ForkedKernel
+
+# The last cell of every notebook below: what the kernel sees around it.
+LOOK_AROUND = """
+import json, os, sys
+processes = sorted(open(f"/proc/{pid}/comm").read().strip() for pid in os.listdir("/proc") if pid.isdigit())
+print(json.dumps({
+    "pid": os.getpid(),
+    "server": os.getppid(),
+    "processes": processes,
+    "tmp": sorted(os.listdir("/tmp")),
+    "loaded": sorted(name for name in ("torch", "transformers", "qa_lib.wwm") if name in sys.modules),
+    "planted_attribute": hasattr(sys.modules.get("qa_lib"), "planted"),
+}))
+"""
+SANDBOX_PROCESSES = ["bwrap", "python", "python"]  # the sandbox's init, the server, the kernel
+
+
+@pytest.fixture(autouse=True)
+def autograde(monkeypatch):
+    monkeypatch.setenv("NBGRADER_EXECUTION", "autograde")
+    assert sandbox.warm_kernels_wanted(), "autograde with bubblewrap forks kernels from the warm server"
+
+
+def printed(tmp_path, *cells: str) -> list[str]:
+    """What each cell printed, run in one kernel started as autograde starts it."""
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(cell) for cell in cells])
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    client = NotebookClient(
+        notebook,
+        timeout=120,
+        allow_errors=True,
+        kernel_manager_class=sandbox.SandboxedKernelManager,
+        resources={"metadata": {"path": str(tmp_path)}},
+    )
+    client.execute()
+    return ["".join(out.text for out in cell.outputs if out.output_type == "stream") for cell in notebook.cells]
+
+
+def look_around(tmp_path, *cells: str) -> dict:
+    """Run the cells, then LOOK_AROUND, in one kernel; what LOOK_AROUND saw."""
+    return json.loads(printed(tmp_path, *cells, LOOK_AROUND)[-1])
+
+
+def test_a_forked_kernel_has_the_libraries_loaded_before_its_first_cell(tmp_path):
+    kernel = look_around(tmp_path)
+    assert kernel["loaded"] == ["qa_lib.wwm", "torch", "transformers"]
+    assert kernel["processes"] == SANDBOX_PROCESSES and kernel["server"] == 2 != kernel["pid"]
+
+
+def test_a_kernel_finds_nothing_an_earlier_kernel_left_behind(tmp_path):
+    first = look_around(
+        tmp_path,
+        "import subprocess\nsubprocess.Popen(['sleep', '600'], start_new_session=True)",  # meant to outlive it
+        "open('/tmp/planted.py', 'w').write('x = 1')",
+        "import qa_lib\nqa_lib.planted = True",
+    )
+    assert first["planted_attribute"] and "planted.py" in first["tmp"] and "sleep" in first["processes"]
+    second = look_around(tmp_path)
+    assert second["processes"] == SANDBOX_PROCESSES
+    assert "planted.py" not in second["tmp"] and not second["planted_attribute"]
+    assert second["pid"] != first["pid"] and second["server"] == first["server"]
+
+
+def test_a_kernel_cannot_reach_its_server(tmp_path):
+    peek = """
+import os
+outcomes = []
+for path in (f"/proc/{os.getppid()}/fd/1", f"/proc/{os.getppid()}/mem"):
+    try:
+        open(path, "wb").close()
+        outcomes.append("opened")
+    except OSError as error:
+        outcomes.append(type(error).__name__)
+print(outcomes)
+"""
+    assert printed(tmp_path, peek)[0].strip() == "['PermissionError', 'PermissionError']"
+
+
+def test_a_kernel_that_kills_its_server_does_not_touch_the_next_one(tmp_path):
+    look_around(tmp_path)
+    server = sandbox.warm_kernels().process
+    printed(tmp_path, "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)")
+    assert server.poll() is not None
+    after = look_around(tmp_path)
+    assert sandbox.warm_kernels().process is not server and after["processes"] == SANDBOX_PROCESSES
+
+
+def test_the_warm_kernel_server_refuses_to_run_outside_a_sandbox():
+    result = subprocess.run(
+        [sys.executable, "-m", "qa_lib.course.warm_kernel"], capture_output=True, text=True, timeout=120, input=""
+    )
+    assert result.returncode != 0 and "first process of a bubblewrap sandbox" in result.stderr
+
+
+def test_waiting_for_a_forked_kernel_honours_the_timeout():
+    class SilentServer:  # a server whose kernel never ends
+        def __init__(self, stdout):
+            self.process = SimpleNamespace(stdout=stdout)
+
+        def reply(self, seconds):
+            return None
+
+    read_end, write_end = os.pipe()
+    with os.fdopen(read_end, "rb") as stdout, os.fdopen(write_end, "wb"):
+        kernel = ForkedKernel(SilentServer(stdout))
+        started = time.monotonic()
+        with pytest.raises(subprocess.TimeoutExpired):
+            kernel.wait(timeout=0.3)
+        assert 0.3 <= time.monotonic() - started < 5 and kernel.returncode is None
