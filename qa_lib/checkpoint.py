@@ -21,7 +21,6 @@ import logging
 import os
 import random
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,9 +39,6 @@ CHECKPOINT_PREFIX = "step-"
 INCOMPLETE_PREFIX = ".incomplete-"  # a save in progress, or one that a crash interrupted
 MANIFEST = "manifest.json"
 REQUIRED_FILES = ("model.safetensors", "optimizer.safetensors", "rng.safetensors", "trainer_state.json")
-# Test hook: with this set to a checkpoint name (step-4), saving it stops half-way until the file
-# ``save-paused`` that it creates next to the checkpoints is deleted, so a test can kill it mid-save.
-PAUSE_SAVE_VARIABLE = "QA_KIT_TEST_PAUSE_SAVE"
 
 
 class CheckpointError(RuntimeError):
@@ -103,7 +99,6 @@ def save_checkpoint(folder: str | os.PathLike, model, tokenizer, optimizer, sche
     partial.mkdir(parents=True)
     with no_progress_bars():
         model.save_pretrained(partial)
-    pause_if_a_test_asks(partial, folder.name)
     if tokenizer is not None:
         tokenizer.save_pretrained(partial)
     opt_tensors, opt_rest = optimizer_tensors(optimizer)
@@ -115,15 +110,6 @@ def save_checkpoint(folder: str | os.PathLike, model, tokenizer, optimizer, sche
     write_manifest(partial, progress.get("step"))
     move_into_place(partial, folder)
     return folder
-
-
-def pause_if_a_test_asks(partial: Path, name: str) -> None:
-    if os.environ.get(PAUSE_SAVE_VARIABLE) != name:
-        return
-    marker = partial.parent / "save-paused"
-    marker.touch()
-    while marker.exists():
-        time.sleep(0.05)
 
 
 def write_manifest(folder: Path, step: int | None) -> None:

@@ -13,12 +13,13 @@ from pathlib import Path
 import pytest
 from test_training import birth_year_examples, smoke_model, squad_json
 
-from qa_lib.checkpoint import MANIFEST, PAUSE_SAVE_VARIABLE, CheckpointError, checkpoint_problem, prune_checkpoints
+from qa_lib.checkpoint import MANIFEST, CheckpointError, checkpoint_problem, prune_checkpoints
 from qa_lib.cli import main
 from qa_lib.data import load_squad
 from qa_lib.training import StopAtStepEnd, TrainingInterrupted, preset, train_qa
 
 ROOT = Path(__file__).resolve().parent.parent
+PAUSE_IN_SAVE = ROOT / "tests" / "pause_in_save"  # its sitecustomize holds a save half-way
 CHECKPOINT_FILES = (
     "model.safetensors",
     "optimizer.safetensors",
@@ -69,7 +70,8 @@ def start_paused_in_save(
     command: list[str], output_dir: Path, checkpoint: str, environment: dict | None = None, **popen
 ) -> subprocess.Popen:
     """Run ``command`` (a training into ``output_dir``) until it is held half-way through saving ``checkpoint``."""
-    environment = {**os.environ, "PYTHONPATH": str(ROOT), **(environment or {}), PAUSE_SAVE_VARIABLE: checkpoint}
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), **(environment or {}), "QA_KIT_TEST_PAUSE_SAVE": checkpoint}
+    environment["PYTHONPATH"] = os.pathsep.join([str(PAUSE_IN_SAVE), environment["PYTHONPATH"]])
     process = subprocess.Popen(
         command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen
     )
