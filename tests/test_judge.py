@@ -200,8 +200,8 @@ def test_a_job_finds_nothing_an_earlier_job_left_behind():
     assert "planted.py" not in tmp and pid != first
 
 
-def test_a_job_cannot_reach_its_server():
-    peek = """
+# A job's (or a warm kernel's) attempt to open the pipe to the grader and the memory of the server it forked from.
+PEEK_AT_THE_SERVER = """
 import os
 def observe():
     outcomes = []
@@ -213,7 +213,10 @@ def observe():
             outcomes.append(type(error).__name__)
     return outcomes
 """
-    assert observed(peek) == ["PermissionError", "PermissionError"]
+
+
+def test_a_job_cannot_reach_its_server():
+    assert observed(PEEK_AT_THE_SERVER) == ["PermissionError", "PermissionError"]
 
 
 def test_a_job_that_kills_its_server_does_not_touch_the_next_one():

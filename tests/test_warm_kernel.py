@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import nbformat
 import pytest
 from nbclient import NotebookClient
+from test_judge import PEEK_AT_THE_SERVER
 
 from qa_lib.course import sandbox
 from qa_lib.course.warm_kernel import ForkedKernel
@@ -81,18 +82,8 @@ def test_a_kernel_finds_nothing_an_earlier_kernel_left_behind(tmp_path):
 
 
 def test_a_kernel_cannot_reach_its_server(tmp_path):
-    peek = """
-import os
-outcomes = []
-for path in (f"/proc/{os.getppid()}/fd/1", f"/proc/{os.getppid()}/mem"):
-    try:
-        open(path, "wb").close()
-        outcomes.append("opened")
-    except OSError as error:
-        outcomes.append(type(error).__name__)
-print(outcomes)
-"""
-    assert printed(tmp_path, peek)[0].strip() == "['PermissionError', 'PermissionError']"
+    outcomes = printed(tmp_path, PEEK_AT_THE_SERVER, "print(observe())")[1]
+    assert outcomes.strip() == "['PermissionError', 'PermissionError']"
 
 
 def test_a_kernel_that_kills_its_server_does_not_touch_the_next_one(tmp_path):
