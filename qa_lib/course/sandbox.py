@@ -184,6 +184,7 @@ class WarmServer:
     def ensure_started(self) -> None:
         if self.process is not None and self.process.poll() is None:
             return
+        self.close_pipes()  # of a server that died
         writable = {self.workroot: self.workroot}
         command = bwrap_command(
             self.command, workdir=self.workroot, mounts=self.mounts, writable=writable, env=self.env
@@ -207,6 +208,12 @@ class WarmServer:
         if self.process is not None and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
+        self.close_pipes()
+
+    def close_pipes(self) -> None:
+        if self.process is not None:
+            self.process.stdin.close()  # every line sent was flushed: nothing is left to write
+            self.process.stdout.close()
 
 
 def empty_folder(folder: Path, keep: Iterable[Path] = ()) -> None:
