@@ -163,17 +163,17 @@ def test_independent_correct_answers_pass_the_judge(answer_cell):
         assert verdicts == {grade_id: None for grade_id in cases}, body
 
 
-# --- The warm probe: one sandboxed server per library copy, a fresh forked child per job --------------------------
+# --- The warm probes: sandboxed servers over the stubbed library copy, a fresh forked child per job ---------------
 
 EVERY_REFERENCE = frozenset(name for exercise in exercises.EXERCISES.values() for name in exercise.references)
 
 
-def observed(answer_cell: str):
-    """What the answer cell's ``observe()`` returns when a job runs it in the warm probe (None: no result)."""
+def observed(answer_cell: str, references_stubbed: frozenset[str] = EVERY_REFERENCE):
+    """What the answer cell's ``observe()`` returns when a job runs it in the first warm probe (None: no result)."""
     source = answer_cell + "\ndef argmax_positions(start_logits, end_logits):\n    return observe(), []\n"
     case = {"function": "argmax_positions", "start_logits": [[0.0]], "end_logits": [[0.0]]}
     job = judge.ProbeJob(
-        [{"grade_id": "e4_accuracy", "source": source}], [{"grade_id": "t", "cases": [case]}], [], EVERY_REFERENCE
+        [{"grade_id": "e4_accuracy", "source": source}], [{"grade_id": "t", "cases": [case]}], [], references_stubbed
     )
     _, records = judge.run_probe(job, sandboxed=True, seconds=30)
     return records[0]["outputs"][0][0] if records and "outputs" in records[0] else None
@@ -221,10 +221,32 @@ def test_a_job_cannot_reach_its_server():
 
 def test_a_job_that_kills_its_server_does_not_touch_the_next_one():
     observed("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\ndef observe():\n    return 1\n")
-    killed = judge.WARM_PROBES[EVERY_REFERENCE].process
+    killed = judge.warm_probes()[0].process
     assert killed.poll() is not None
     assert observed("def observe():\n    return 2\n") == 2
-    assert judge.WARM_PROBES[EVERY_REFERENCE].process is not killed
+    assert judge.warm_probes()[0].process is not killed
+
+
+# Calls E7's reference, which is live only in a job that grades E8 with it (the job brings decoding.py along).
+CALL_BEST_SPANS = """
+import os
+def observe():
+    import qa_lib.decoding
+    try:
+        qa_lib.decoding.best_spans(torch.zeros(1, 3), torch.zeros(1, 3), torch.ones(1, 3, dtype=torch.bool), 2)
+    except RuntimeError as error:
+        return ["stubbed" if "reference solution" in str(error) else str(error), sorted(os.listdir("."))]
+    return ["live", sorted(os.listdir("."))]
+"""
+
+
+def test_only_the_job_that_grades_e8_finds_e7s_reference_live():
+    graded_with_e7 = judge.references_stubbed(["best_span"])
+    assert "decoding.best_spans" in EVERY_REFERENCE - graded_with_e7
+    assert observed(CALL_BEST_SPANS, graded_with_e7) == ["live", ["job.json", "library", "results"]]
+    # The next job of the same server: nothing of that library is left, in its folder or in its modules.
+    assert observed(CALL_BEST_SPANS) == ["stubbed", ["job.json", "results"]]
+    assert observed(CALL_BEST_SPANS, graded_with_e7)[0] == "live"
 
 
 def test_a_result_file_replaced_by_a_link_is_not_followed(tmp_path):

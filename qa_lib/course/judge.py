@@ -36,6 +36,7 @@ from pathlib import Path
 from subprocess import DEVNULL
 
 import nbformat
+import torch
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbconvert.preprocessors import Preprocessor
 from nbformat import NotebookNode
@@ -83,28 +84,43 @@ class ProbeJob:
 def probe_jobs(answers: dict[str, str], cases: dict[str, list[dict]]) -> list[ProbeJob]:
     """One probe for the exercises graded with every answer cell, one for those graded with another exercise's
     function replaced by the library's (E5, E8): there that exercise's cell does not run and its reference is live."""
-    every_reference = frozenset(name for exercise in EXERCISES.values() for name in exercise.references)
     alone, together = [], []
     for test_id, test_cases in cases.items():
         (together if exercises.exercise_of(test_id).graded_with else alone).append(
             {"grade_id": test_id, "cases": test_cases}
         )
     cells = [{"grade_id": grade_id, "source": source} for grade_id, source in answers.items()]
-    jobs = [ProbeJob(cells, alone, [], every_reference)] if alone else []
+    jobs = [ProbeJob(cells, alone, [], references_stubbed([]))] if alone else []
     if together:
         replaced = sorted({name for test in together for name in exercises.exercise_of(test["grade_id"]).graded_with})
         owners = {exercises.exercise_defining(name) for name in replaced}
         kept = [cell for cell in cells if cell["grade_id"] not in {owner.answer_cell for owner in owners}]
-        live = {name for owner in owners for name in owner.references}
-        jobs.append(ProbeJob(kept, together, replaced, every_reference - live))
+        jobs.append(ProbeJob(kept, together, replaced, references_stubbed(replaced)))
     return jobs
 
 
+def references_stubbed(replaced: list[str]) -> frozenset[str]:
+    """Every exercise's references but those of the exercises defining ``replaced`` (their library versions)."""
+    owners = {exercises.exercise_defining(name) for name in replaced}
+    live = {name for owner in owners for name in owner.references}
+    return frozenset(name for exercise in EXERCISES.values() for name in exercise.references) - live
+
+
 @cache
-def stubbed_library(references: frozenset[str]) -> Path:
-    """The library copy for a probe, made once per grading process (kept until the process ends)."""
+def stubbed_library() -> Path:
+    """The warm probes' library copy, every reference stubbed; made once per grading process (kept until it ends)."""
     folder = Path(tempfile.mkdtemp(prefix="qa-kit-judge-lib-"))
-    return sandbox.library_without(references, folder)
+    return sandbox.library_without(references_stubbed([]), folder)
+
+
+def write_overlay(folder: Path, job: ProbeJob) -> None:
+    """The modules in which ``job``'s library differs from the warm probes' copy (there the references of the
+    exercises that another is graded with are live), for the job's child to import first (``probe.use_overlay``)."""
+    live = references_stubbed([]) - job.references_stubbed
+    for module in sorted({dotted.rsplit(".", 1)[0] for dotted in live}):
+        path = folder / probe.OVERLAY_FOLDER / f"{module}.py"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(sandbox.module_without(module, job.references_stubbed), encoding="utf-8")
 
 
 @cache
@@ -126,10 +142,11 @@ def write_job(folder: Path, job: ProbeJob, seconds: int, tokenizer: str) -> Path
     return folder / probe.RESULTS_FILE
 
 
-def run_probe(job: ProbeJob, sandboxed: bool, seconds: int) -> tuple[dict[str, str], list[dict]]:
-    """Execute a probe; returns the answer cells' errors and the test records it wrote (unparsed lines dropped)."""
+def run_probe(job: ProbeJob, sandboxed: bool, seconds: int, server: int = 0) -> tuple[dict[str, str], list[dict]]:
+    """Execute a probe (sandboxed: in warm probe number ``server``); returns the answer cells' errors and the test
+    records it wrote (unparsed lines dropped)."""
     if sandboxed:
-        return warm_probe(job.references_stubbed).run(job, seconds)
+        return warm_probes()[server].run(job, seconds)
     with tempfile.TemporaryDirectory(prefix="qa-kit-probe-") as folder:  # the instructor opted out of the sandbox
         results = write_job(Path(folder), job, seconds, str(tokenizer_folder()))
         command = [sys.executable, "-m", "qa_lib.course.probe", folder]
@@ -141,8 +158,9 @@ def run_probe(job: ProbeJob, sandboxed: bool, seconds: int) -> tuple[dict[str, s
 
 
 class WarmProbe(sandbox.WarmServer):
-    """A sandboxed probe server (``probe.serve``) over one library copy, started once per grading process: it has
-    imported torch and transformers once and forks a fresh child for each job, instead of a new Python per job."""
+    """A sandboxed probe server (``probe.serve``) over the stubbed library copy, started once per grading process:
+    it has imported torch and transformers once and forks a fresh child for each job, instead of a new Python per
+    job. A job whose library differs (E5, E8: another exercise's reference is live) brings those modules along."""
 
     def __init__(self, library: Path):
         import qa_lib
@@ -158,6 +176,7 @@ class WarmProbe(sandbox.WarmServer):
             sandbox.empty_folder(self.workroot)
             folder = Path(tempfile.mkdtemp(dir=self.workroot))
             results = write_job(folder, job, seconds, TOKENIZER_INSIDE)
+            write_overlay(folder, job)
             # The server answers "done" once it has killed whatever the job left running.
             if not self.send(json.dumps({"folder": str(folder), "seconds": PROBE_SECONDS})) or (
                 self.reply(PROBE_SECONDS + 30) != "done"
@@ -166,19 +185,29 @@ class WarmProbe(sandbox.WarmServer):
             return read_records(results)
 
 
-WARM_PROBES: dict[frozenset[str], WarmProbe] = {}
+WARM_PROBES: list[WarmProbe] = []
+JOBS_PER_NOTEBOOK = 2  # probe_jobs: the exercises graded alone, and those graded with another's function
 
 
-def warm_probe(references: frozenset[str]) -> WarmProbe:
-    """This process's warm probe for a library with ``references`` stubbed (made on first use)."""
-    if references not in WARM_PROBES:
-        WARM_PROBES[references] = WarmProbe(stubbed_library(references))
-    return WARM_PROBES[references]
+def warm_probes() -> list[WarmProbe]:
+    """This process's warm probes (made on first use): one per core it may use (torch's threads: a ``qa-kit grade``
+    worker's share), at most one per job of a notebook, so that a notebook's jobs run side by side only where a
+    core is free for each."""
+    if not WARM_PROBES:
+        count = max(1, min(JOBS_PER_NOTEBOOK, torch.get_num_threads()))
+        WARM_PROBES.extend(WarmProbe(stubbed_library()) for _ in range(count))
+    return WARM_PROBES
+
+
+def start_warm_probes() -> None:
+    """Start them; from a thread that outlives them (see ``sandbox.WarmServer``)."""
+    for server in warm_probes():
+        server.ensure_started()
 
 
 @atexit.register
 def stop_warm_probes() -> None:
-    for server in WARM_PROBES.values():
+    for server in WARM_PROBES:
         server.stop()
         shutil.rmtree(server.workroot, ignore_errors=True)
 
@@ -238,11 +267,11 @@ def judge_notebook(
 
     tokenizer = build_offline_tokenizer()
     jobs = probe_jobs(answers, cases)
-    for job in jobs:  # in this thread, before the probes run side by side (see WarmProbe)
-        if sandboxed:
-            warm_probe(job.references_stubbed).ensure_started()
+    servers = len(warm_probes()) if sandboxed else 1
+    if sandboxed:
+        start_warm_probes()  # in this thread, before the probes run side by side
     with ThreadPoolExecutor(max_workers=len(jobs) or 1) as pool:
-        results = list(pool.map(lambda job: run_probe(job, sandboxed, seconds), jobs))
+        results = list(pool.map(lambda i: run_probe(jobs[i], sandboxed, seconds, i % servers), range(len(jobs))))
     verdicts = {}
     for job, (cell_errors, records) in zip(jobs, results):
         for test in job.tests:

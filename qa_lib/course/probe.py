@@ -297,13 +297,30 @@ def load_tokenizer(folder: str):
     return BertTokenizerFast.from_pretrained(folder)
 
 
-def run_job(job: dict, tokenizer, results_path: str) -> None:
+def use_overlay(folder: str) -> None:
+    """Import ``qa_lib``'s modules from the job's overlay first, when it brought one (the grader writes there the
+    modules in which its library differs from the server's), and forget the ones imported from the server's."""
+    overlay = os.path.join(folder, OVERLAY_FOLDER)
+    if not os.path.isdir(overlay):
+        return
+    import qa_lib
+
+    for name in [name for name in sys.modules if name.startswith("qa_lib.") and not name.startswith("qa_lib.course")]:
+        del sys.modules[name]
+        if name.count(".") == 1:
+            delattr(qa_lib, name.split(".")[1])
+    qa_lib.__path__.insert(0, overlay)
+
+
+def run_job(folder: str, tokenizer) -> None:
     """The answer cells, then every test's cases; one JSON line per test, flushed as it comes."""
+    job = read_job(folder)
+    use_overlay(folder)
     namespace = {"__name__": "__main__"}
     exec(PRELUDE, namespace)
     namespace.update(stand_ins(job["stand_ins"]))
     cell_errors = run_answer_cells(job["cells"], namespace, job["seconds"])
-    with open(results_path, "w", encoding="utf-8") as results:
+    with open(os.path.join(folder, RESULTS_FILE), "w", encoding="utf-8") as results:
         results.write(json.dumps({"cell_errors": cell_errors}) + "\n")
         results.flush()
         for test in job["tests"]:
@@ -318,7 +335,7 @@ def read_job(folder: str) -> dict:
 
 # --- A warm probe: imports once, forks a fresh child per job ---------------------------------------------------------
 
-JOB_FILE, RESULTS_FILE = "job.json", "results"
+JOB_FILE, RESULTS_FILE, OVERLAY_FOLDER = "job.json", "results", "library"
 
 
 def forbid_inspection() -> None:
@@ -346,7 +363,7 @@ def run_forked_job(folder: str, tokenizer) -> None:
         for descriptor in (0, 1, 2):
             os.dup2(devnull, descriptor)
         os.chdir(folder)
-        run_job(read_job(folder), tokenizer, os.path.join(folder, RESULTS_FILE))
+        run_job(folder, tokenizer)
     finally:
         os._exit(0)
 
@@ -408,8 +425,7 @@ def main(arguments: list[str]) -> None:
     if arguments[0] == "--serve":
         serve(arguments[1])
     else:
-        job = read_job(arguments[0])
-        run_job(job, load_tokenizer(job["tokenizer"]), os.path.join(arguments[0], RESULTS_FILE))
+        run_job(arguments[0], load_tokenizer(read_job(arguments[0])["tokenizer"]))
 
 
 if __name__ == "__main__":

@@ -343,6 +343,18 @@ def stub_functions(source: str, names: set[str], message: str) -> str:
     return ast.unparse(tree)
 
 
+STUB_MESSAGE = "qa_lib's {name}() is the reference solution of an exercise: it is not available while grading"
+
+
+def module_without(module: str, references: Iterable[str]) -> str:
+    """The source of ``qa_lib.<module>`` with those of ``references`` ("module.function") it defines stubbed."""
+    import qa_lib
+
+    names = {dotted.rsplit(".", 1)[1] for dotted in references if dotted.rsplit(".", 1)[0] == module}
+    source = (Path(qa_lib.__file__).resolve().parent / f"{module}.py").read_text(encoding="utf-8")
+    return stub_functions(source, names, STUB_MESSAGE) if names else source
+
+
 def library_without(references: Iterable[str], into: Path) -> Path:
     """A copy of ``qa_lib`` in ``into`` whose ``references`` ("module.function") are stubs, with none of the course
     tooling but the probe: mounted over the real package, it leaves no way to call or read the reference code."""
@@ -354,12 +366,6 @@ def library_without(references: Iterable[str], into: Path) -> Path:
     (target / "course").mkdir()
     for name in ("__init__.py", "probe.py"):
         shutil.copy(package / "course" / name, target / "course" / name)
-    by_module: dict[str, set[str]] = {}
-    for dotted in references:
-        module, name = dotted.rsplit(".", 1)
-        by_module.setdefault(module, set()).add(name)
-    message = "qa_lib's {name}() is the reference solution of an exercise: it is not available while grading"
-    for module, names in by_module.items():
-        path = target / f"{module}.py"
-        path.write_text(stub_functions(path.read_text(encoding="utf-8"), names, message), encoding="utf-8")
+    for module in {dotted.rsplit(".", 1)[0] for dotted in references}:
+        (target / f"{module}.py").write_text(module_without(module, references), encoding="utf-8")
     return target
