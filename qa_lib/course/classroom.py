@@ -328,6 +328,24 @@ def start_worker(output: str, jobs: int) -> None:
     sandbox; an instructor's own setting wins). Then send the worker's output to a log file."""
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, default_jobs() // max(1, jobs))))
     quiet_worker(output)
+    start_warm_servers()
+
+
+def start_warm_servers() -> None:
+    """Start the worker's sandboxed servers before its first student: the warm kernel server's imports (torch,
+    transformers, the kit: ~8 s of CPU) then run beside the worker's own (nbgrader, the judge: ~6 s), and the judge
+    probes' beside the first notebook's kernel, instead of each waiting for its first use."""
+    from . import sandbox
+
+    try:
+        if not sandbox.require_sandbox():
+            return
+    except sandbox.SandboxUnavailable:
+        return  # the first autograde fails with this message, for every student
+    sandbox.warm_kernels().ensure_started()
+    from . import judge
+
+    judge.start_warm_probes()
 
 
 def quiet_worker(output: str) -> None:
