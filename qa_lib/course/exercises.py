@@ -15,6 +15,7 @@ import math
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from functools import cache
 
 from . import probe
 
@@ -208,11 +209,19 @@ def compare_to_token_positions(case, got, want):
     return None
 
 
-def _library_positions(case: dict, index: int, start_char: int, end_char: int) -> tuple[int, int]:
-    from qa_lib.features import char_to_token_positions
+@cache
+def grader_tokenizer():
+    """The offline tokenizer the grader compares with, built once per process (a build takes 0.2 s of CPU, twice a
+    student); never handed to student code (the probes load their own)."""
     from qa_lib.models import build_offline_tokenizer
 
-    encodings = build_offline_tokenizer()(
+    return build_offline_tokenizer()
+
+
+def _library_positions(case: dict, index: int, start_char: int, end_char: int) -> tuple[int, int]:
+    from qa_lib.features import char_to_token_positions
+
+    encodings = grader_tokenizer()(
         case["questions"][index],
         case["contexts"][index],
         truncation="only_second",

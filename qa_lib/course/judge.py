@@ -263,9 +263,7 @@ def judge_notebook(
     answers: dict[str, str], cases: dict[str, list[dict]], sandboxed: bool, seconds: int = 30
 ) -> dict[str, str | None]:
     """``{test grade id: None (passed) or message}`` for one notebook's answer cells and tests."""
-    from qa_lib.models import build_offline_tokenizer
-
-    tokenizer = build_offline_tokenizer()
+    tokenizer = exercises.grader_tokenizer()
     jobs = probe_jobs(answers, cases)
     servers = len(warm_probes()) if sandboxed else 1
     if sandboxed:
