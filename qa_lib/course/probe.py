@@ -307,8 +307,7 @@ def use_overlay(folder: str) -> None:
 
     for name in [name for name in sys.modules if name.startswith("qa_lib.") and not name.startswith("qa_lib.course")]:
         del sys.modules[name]
-        if name.count(".") == 1:
-            delattr(qa_lib, name.split(".")[1])
+        vars(qa_lib).pop(name.split(".")[1], None)  # else `from qa_lib import decoding` would find the old one
     qa_lib.__path__.insert(0, overlay)
 
 
