@@ -319,7 +319,8 @@ def profile_student(template: Path, scratch: Path, student: str) -> dict:
 
 
 def print_runs(runs: list[dict]) -> None:
-    print(f"{'jobs':>5}{'cores':>6}{'students':>10}{'wall s':>9}{'per min':>9}{'CPU s':>8}{'CPU/student':>13}{'load':>12}")
+    columns = f"{'jobs':>5}{'cores':>6}{'students':>10}{'wall s':>9}{'per min':>9}{'CPU s':>8}{'CPU/student':>13}"
+    print(f"{columns}{'load':>12}")
     for run in runs:
         per_student = run["cpu_s"] / max(1, run["students"])
         load = f"{run['load_before']:.1f}->{run['load_after']:.1f}"
