@@ -110,6 +110,7 @@ def references_stubbed(replaced: list[str]) -> frozenset[str]:
 def stubbed_library() -> Path:
     """The warm probes' library copy, every reference stubbed; made once per grading process (kept until it ends)."""
     folder = Path(tempfile.mkdtemp(prefix="qa-kit-judge-lib-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
     return sandbox.library_without(references_stubbed([]), folder)
 
 
@@ -128,6 +129,7 @@ def tokenizer_folder() -> Path:
     from qa_lib.models import build_offline_tokenizer
 
     folder = Path(tempfile.mkdtemp(prefix="qa-kit-judge-tokenizer-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
     build_offline_tokenizer().save_pretrained(folder)
     return folder
 
