@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -267,3 +268,13 @@ def test_the_warm_probe_refuses_to_run_outside_a_sandbox():
         [sys.executable, "-m", "qa_lib.course.probe", "--serve", "unused"], capture_output=True, text=True, timeout=120
     )
     assert result.returncode != 0 and "first process of a bubblewrap sandbox" in result.stderr
+
+
+@pytest.mark.parametrize(("threads", "servers"), [("1", 1), ("2", 2), ("4", 2)])
+def test_a_grading_process_starts_a_probe_per_core_it_may_use(threads, servers):
+    """A `qa-kit grade` worker's share of the cores reaches it as OMP_NUM_THREADS: one probe server per core, and no
+    more than a notebook's two probe jobs can use side by side."""
+    count = "from qa_lib.course import judge\nprint(len(judge.warm_probes()))"
+    environment = {**os.environ, "OMP_NUM_THREADS": threads}
+    result = subprocess.run([sys.executable, "-c", count], capture_output=True, text=True, env=environment, timeout=120)
+    assert result.stdout.split() == [str(servers)], result.stderr
