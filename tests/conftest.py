@@ -10,12 +10,17 @@ under CI (CI=true) a missing folder is an error, so CI can never pass by skippin
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# A shell starts background jobs (`make test &`, nohup) with Ctrl-C ignored, and every process inherits that: the
+# Ctrl-C tests (test_checkpoint) need it delivered, here and in the trainings they start (a handler, unlike
+# "ignored", does not survive exec, so children start with the default and Python installs its own).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _data_folder(variable: str, expected_file: str) -> Path:
