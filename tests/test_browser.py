@@ -312,6 +312,22 @@ def student_submission(course: Path) -> nbformat.NotebookNode:
     return notebook
 
 
+def stored_within(course: Course, grade_id: str, seconds: float) -> tuple:
+    """``(manual score, manual comment)`` of the student's ``grade_id`` once both are in the gradebook (the page
+    saves through formgrader's API in the background), or what is there after ``seconds``."""
+    from nbgrader.api import Gradebook
+
+    deadline = time.monotonic() + seconds
+    while True:
+        with Gradebook(course.api.coursedir.db_url) as gradebook:
+            notebook = gradebook.find_submission_notebook(NB2, ASSIGNMENT, "student")
+            score = next(grade.manual_score for grade in notebook.grades if grade.name == grade_id)
+            comment = next(c.manual_comment for c in notebook.comments if c.name == grade_id)
+        if (score is not None and comment) or time.monotonic() > deadline:
+            return score, comment
+        time.sleep(0.5)
+
+
 def test_formgrader_manual_grading_reaches_the_gradebook(page, lab):
     """Autograde one student's part 2 in the lab's course, grade W1-W3 in formgrader's page next to the rubric,
     and read the points and comments back from nbgrader's gradebook."""
@@ -328,15 +344,19 @@ def test_formgrader_manual_grading_reaches_the_gradebook(page, lab):
     page.goto(f"{lab.url}/formgrader/gradebook/{ASSIGNMENT}/{NB2}")
     page.locator("table a[href*='/formgrader/submissions/']").first.click()
     # The page loads the stored grades through formgrader's API and writes them into the fields: typing before
-    # that would be overwritten (and never saved).
+    # that would be overwritten (and never saved). Wait for the network to settle, and type a field again if what
+    # was typed has not reached the gradebook (on a busy machine the load can still land after the typing).
     page.wait_for_load_state("networkidle")
     for grade_id, (points, comment) in WRITTEN.items():
-        score = page.locator(f"input.score#{grade_id}")
-        score.fill(str(points))
-        score.press("Tab")  # formgrader saves a score or a comment when its field changes and loses focus
-        area = page.locator(f"textarea#{grade_id}-comment")
-        area.fill(comment)
-        area.press("Tab")
+        for _attempt in range(3):  # the page may still overwrite the first typing
+            score = page.locator(f"input.score#{grade_id}")
+            score.fill(str(points))
+            score.press("Tab")  # formgrader saves a score or a comment when its field changes and loses focus
+            area = page.locator(f"textarea#{grade_id}-comment")
+            area.fill(comment)
+            area.press("Tab")
+            if stored_within(course, grade_id, seconds=15) == (points, comment):
+                break
         answer = area.locator("xpath=ancestor::div[contains(@class, 'nbgrader_cell')]").inner_text()
         assert f"学生的回答 {grade_id}" in answer and "评分标准 (rubric)" in answer, answer  # next to each other
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -346,16 +366,11 @@ def test_formgrader_manual_grading_reaches_the_gradebook(page, lab):
     first_answer.scroll_into_view_if_needed()
     page.screenshot(path=SCREENSHOTS / "formgrader-w1.png")  # (an element screenshot of this page comes out blank)
 
-    deadline = time.monotonic() + 30  # the page saves through formgrader's API in the background
-    while True:
-        with Gradebook(course.api.coursedir.db_url) as gradebook:
-            notebook = gradebook.find_submission_notebook(NB2, ASSIGNMENT, "student")
-            scores = {grade.name: grade.manual_score for grade in notebook.grades if grade.name in WRITTEN}
-            comments = {c.name: c.manual_comment for c in notebook.comments if c.name in WRITTEN}
-            total = gradebook.find_submission(ASSIGNMENT, "student").score
-        if all(v is not None for v in scores.values()) and all(comments.values()) or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
+    with Gradebook(course.api.coursedir.db_url) as gradebook:
+        notebook = gradebook.find_submission_notebook(NB2, ASSIGNMENT, "student")
+        scores = {grade.name: grade.manual_score for grade in notebook.grades if grade.name in WRITTEN}
+        comments = {c.name: c.manual_comment for c in notebook.comments if c.name in WRITTEN}
+        total = gradebook.find_submission(ASSIGNMENT, "student").score
     assert scores == {grade_id: points for grade_id, (points, _) in WRITTEN.items()}
     assert comments == {grade_id: comment for grade_id, (_, comment) in WRITTEN.items()}
     assert total == autograded_total + sum(points for points, _ in WRITTEN.values())
