@@ -165,10 +165,7 @@ class WarmProbe(sandbox.WarmServer):
     job. A job whose library differs (E5, E8: another exercise's reference is live) brings those modules along."""
 
     def __init__(self, library: Path):
-        import qa_lib
-
-        package = Path(qa_lib.__file__).resolve().parent
-        mounts = {package: library, Path(TOKENIZER_INSIDE): tokenizer_folder()}
+        mounts = {sandbox.package_folder(): library, Path(TOKENIZER_INSIDE): tokenizer_folder()}
         command = [sys.executable, "-m", "qa_lib.course.probe", "--serve", TOKENIZER_INSIDE]
         super().__init__(command, Path(tempfile.mkdtemp(prefix="qa-kit-probe-")), mounts, os.environ)
 

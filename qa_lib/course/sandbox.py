@@ -147,11 +147,16 @@ def scratch_copy(folder: Path, into: Path) -> Path:
     return into
 
 
-def kit_package() -> dict[Path, Path]:
-    """The kit's own package, read-only (an editable install points into the course repository, which is hidden)."""
+def package_folder() -> Path:
+    """Where ``qa_lib`` is installed (an editable install: inside the course repository)."""
     import qa_lib
 
-    package = Path(qa_lib.__file__).resolve().parent
+    return Path(qa_lib.__file__).resolve().parent
+
+
+def kit_package() -> dict[Path, Path]:
+    """The kit's own package, read-only (an editable install points into the course repository, which is hidden)."""
+    package = package_folder()
     return {package: package}
 
 
@@ -391,21 +396,19 @@ def stub_functions(source: str, names: set[str], message: str) -> str:
 STUB_MESSAGE = "qa_lib's {name}() is the reference solution of an exercise: it is not available while grading"
 
 
-def module_without(module: str, references: Iterable[str]) -> str:
-    """The source of ``qa_lib.<module>`` with those of ``references`` ("module.function") it defines stubbed."""
-    import qa_lib
-
+@functools.cache
+def module_without(module: str, references: frozenset[str]) -> str:
+    """The source of ``qa_lib.<module>`` with those of ``references`` ("module.function") it defines stubbed (kept:
+    the judge asks again for every job graded with another exercise's reference)."""
     names = {dotted.rsplit(".", 1)[1] for dotted in references if dotted.rsplit(".", 1)[0] == module}
-    source = (Path(qa_lib.__file__).resolve().parent / f"{module}.py").read_text(encoding="utf-8")
+    source = (package_folder() / f"{module}.py").read_text(encoding="utf-8")
     return stub_functions(source, names, STUB_MESSAGE) if names else source
 
 
 def library_without(references: Iterable[str], into: Path) -> Path:
     """A copy of ``qa_lib`` in ``into`` whose ``references`` ("module.function") are stubs, with none of the course
     tooling but the probe: mounted over the real package, it leaves no way to call or read the reference code."""
-    import qa_lib
-
-    package = Path(qa_lib.__file__).resolve().parent
+    package, references = package_folder(), frozenset(references)
     target = into / "qa_lib"
     shutil.copytree(package, target, ignore=shutil.ignore_patterns("__pycache__", "course"))
     (target / "course").mkdir()
