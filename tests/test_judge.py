@@ -201,6 +201,24 @@ def test_a_job_finds_nothing_an_earlier_job_left_behind():
     assert "planted.py" not in tmp and pid != first
 
 
+def test_emptying_tmp_spares_the_mounts_and_the_folders_that_hold_them(tmp_path):
+    """With TMPDIR=/tmp/x the grader's job folder is mounted at /tmp/x/qa-kit-probe-...: /tmp/x is emptied around
+    it, not removed through it (the grading class test runs its workers that way)."""
+    mounted = tmp_path / "x" / "qa-kit-probe-1"
+    (mounted / "job").mkdir(parents=True)
+    (mounted / "job" / "results").write_text("{}")
+    (tmp_path / "x" / "planted.py").write_text("x = 1")
+    (tmp_path / "elsewhere" / "deep").mkdir(parents=True)
+    (tmp_path / "a_file").write_text("")
+    probe.empty_but_mounts(str(tmp_path), {str(mounted)})
+    assert sorted(str(path.relative_to(tmp_path)) for path in tmp_path.rglob("*")) == [
+        "x",
+        "x/qa-kit-probe-1",
+        "x/qa-kit-probe-1/job",
+        "x/qa-kit-probe-1/job/results",
+    ]
+
+
 # A job's (or a warm kernel's) attempt to open the pipe to the grader and the memory of the server it forked from.
 PEEK_AT_THE_SERVER = """
 import os

@@ -386,14 +386,34 @@ def end_leftovers() -> None:
             os.waitpid(-1, 0)
         except ChildProcessError:
             break
-    for entry in os.scandir("/tmp"):
-        if os.path.ismount(entry.path):
-            continue  # the grader's job folder (it empties that one itself)
-        if entry.is_dir(follow_symlinks=False):
+    empty_but_mounts("/tmp", mount_points())
+    os.makedirs(os.environ.get("HOME", "/tmp/home"), exist_ok=True)
+
+
+def mount_points() -> set[str]:
+    """This sandbox's mount points (``/proc/self/mounts`` writes a space, tab, newline or backslash as octal)."""
+    escapes = {"\\040": " ", "\\011": "\t", "\\012": "\n", "\\134": "\\"}
+    with open("/proc/self/mounts", encoding="utf-8") as mounts:
+        points = [line.split()[1] for line in mounts]
+    for escaped, character in escapes.items():
+        points = [point.replace(escaped, character) for point in points]
+    return set(points)
+
+
+def empty_but_mounts(folder: str, mounts: set[str]) -> None:
+    """Remove everything in ``folder`` but the grader's mounts (the job folder, which it empties itself; the jieba
+    cache) and the folders bwrap made to hold them: with TMPDIR=/tmp/x the job folder sits in /tmp/x, and removing
+    /tmp/x as a whole would reach through the mount and delete the grader's own files, the job's results among
+    them."""
+    for entry in os.scandir(folder):
+        if entry.path in mounts:
+            continue
+        if any(mount.startswith(entry.path + "/") for mount in mounts):
+            empty_but_mounts(entry.path, mounts)
+        elif entry.is_dir(follow_symlinks=False):
             shutil.rmtree(entry.path, ignore_errors=True)
         else:
             os.unlink(entry.path)
-    os.makedirs(os.environ.get("HOME", "/tmp/home"), exist_ok=True)
 
 
 def serve(tokenizer_folder: str) -> None:
