@@ -102,7 +102,13 @@ def submit_class(course, mix: dict[str, str]) -> None:
 
 
 @pytest.fixture(scope="session")
-def graded_class(tmp_path_factory):
+def workers_tmp(tmp_path_factory) -> Path:
+    """The temporary folder of ``graded_class``'s workers (outside the course, which their sandboxes hide)."""
+    return tmp_path_factory.mktemp("workers-tmp")
+
+
+@pytest.fixture(scope="session")
+def graded_class(tmp_path_factory, workers_tmp):
     """The CLASS_MIX course graded by ``grade_class`` with 3 workers on the default SQLite gradebook:
     (course, outcomes)."""
     from qa_lib.course.classroom import grade_class
@@ -111,4 +117,12 @@ def graded_class(tmp_path_factory):
     course = Course.from_kit_solutions(tmp_path_factory.mktemp("class"))
     course.release()
     submit_class(course, CLASS_MIX)
-    return course, grade_class(course.root, sorted(CLASS_MIX), jobs=3)
+    saved = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(workers_tmp)  # read by the spawned workers; this process has chosen its own
+    try:
+        return course, grade_class(course.root, sorted(CLASS_MIX), jobs=3)
+    finally:
+        if saved is None:
+            del os.environ["TMPDIR"]
+        else:
+            os.environ["TMPDIR"] = saved

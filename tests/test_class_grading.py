@@ -191,6 +191,13 @@ def test_a_failed_grading_leaves_nothing_behind_and_is_logged(graded_class):
     assert all(logged[s].status == GRADED and logged[s].seconds > 0 for s in GRADABLE)
 
 
+def test_workers_leave_no_temporary_folder_behind(graded_class, workers_tmp):
+    """A worker ends without tearing its modules down, but only after its cleanups ran: its sandboxed servers'
+    folders, the judge's library copy and its tokenizer are gone (torch's compile cache may stay, as anywhere)."""
+    assert graded_class and workers_tmp.is_dir()
+    assert [path.name for path in workers_tmp.iterdir() if path.name.startswith("qa-kit-")] == []
+
+
 # --- PostgreSQL: shard processes standing in for machines ---------------------------------------------------------
 
 
