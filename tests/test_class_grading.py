@@ -138,6 +138,14 @@ def test_bad_shards_and_unknown_students_are_refused(text):
         select_students(["s1"], ["s1", "ghost"])
 
 
+def test_grading_a_folder_that_is_no_course_names_the_missing_gradebook(tmp_path, capsys):
+    from qa_lib.cli import main
+
+    assert main(["grade", str(tmp_path)]) == 2
+    assert f"no gradebook at {tmp_path / 'gradebook.db'}" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # nbgrader made an empty gradebook there before
+
+
 def test_the_cause_of_a_failure_is_the_last_exception_line_of_nbgraders_log():
     log = (
         "Traceback (most recent call last):\n  ...\n    json.decoder.JSONDecodeError: Expecting value\n"

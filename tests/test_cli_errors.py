@@ -226,3 +226,12 @@ def test_the_real_command_exits_2_with_one_line_and_no_traceback(inputs):
     )
     assert completed.returncode == 2 and completed.stdout == ""
     assert completed.stderr == f"qa-kit evaluate: {inputs['missing']}: file not found\n"
+
+
+def test_leaving_runs_the_exit_handlers_and_flushes_the_output():
+    """``qa-kit`` skips Python's teardown of its modules, not its exit handlers (temporary folders, servers)."""
+    script = "import atexit\nfrom qa_lib.cli import leave\natexit.register(print, 'handler ran')\n"
+    script += "print('out')\nleave(3)"
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=environment)
+    assert (completed.returncode, completed.stdout) == (3, "out\nhandler ran\n")

@@ -20,7 +20,6 @@ class report.
 
 from __future__ import annotations
 
-import atexit
 import csv
 import multiprocessing
 import os
@@ -40,6 +39,7 @@ from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 
+from ..cli import leave
 from .grading import ASSIGNMENT, Course, GradingError, course_config, nbgrader_warnings_off
 
 GRADED, FAILED, TIMED_OUT = "graded", "failed", "timed out"
@@ -192,6 +192,11 @@ def snapshot_gradebook(db_url: str, folder: Path) -> Path:
 
 
 def require_assignment(db_url: str) -> None:
+    if is_sqlite(db_url) and not sqlite_path(db_url).is_file():  # nbgrader would make an empty one
+        raise GradingError(
+            f"no gradebook at {sqlite_path(db_url)}: give the course directory (where nbgrader_config.py is), "
+            f"after `nbgrader generate_assignment {ASSIGNMENT}` has run there"
+        )
     from nbgrader.api import Gradebook, MissingEntry
 
     with Gradebook(db_url) as gradebook:
@@ -318,16 +323,13 @@ def grade_class(
 
 
 class QuickExitWorker(multiprocessing.context.SpawnProcess):
-    """A worker that, once the pool lets it go, runs its exit handlers (its sandboxed servers and their folders) and
-    leaves without tearing down its modules: torch's, nbgrader's and the kit's take 1.5-2 s of CPU per worker, and
-    the whole class waits for them at the end of every run. A worker that failed exits the usual way."""
+    """A worker that, once the pool lets it go, leaves as ``qa-kit`` does (``cli.leave``: its exit handlers stop its
+    sandboxed servers and remove their folders; its modules are not torn down). A worker that failed exits the usual
+    way."""
 
     def run(self) -> None:
         super().run()
-        atexit._run_exitfuncs()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+        leave(0)
 
 
 class QuickExitContext(multiprocessing.context.SpawnContext):
