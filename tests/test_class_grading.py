@@ -146,6 +146,18 @@ def test_grading_a_folder_that_is_no_course_names_the_missing_gradebook(tmp_path
     assert list(tmp_path.iterdir()) == []  # nbgrader made an empty gradebook there before
 
 
+def test_a_gradebook_without_the_assignment_is_refused_before_any_student_is_graded(tmp_path, capsys):
+    from nbgrader.api import Gradebook
+
+    from qa_lib.cli import main
+
+    Gradebook(f"sqlite:///{tmp_path / 'gradebook.db'}").close()
+    (tmp_path / "submitted" / "s1" / ASSIGNMENT).mkdir(parents=True)
+    assert main(["grade", str(tmp_path), "--jobs", "1"]) == 2  # its worker had started: it stops unused
+    assert f"has no assignment {ASSIGNMENT}" in capsys.readouterr().err
+    assert not (tmp_path / "autograded").exists()
+
+
 def test_the_cause_of_a_failure_is_the_last_exception_line_of_nbgraders_log():
     log = (
         "Traceback (most recent call last):\n  ...\n    json.decoder.JSONDecodeError: Expecting value\n"

@@ -191,12 +191,15 @@ def snapshot_gradebook(db_url: str, folder: Path) -> Path:
     return copy
 
 
-def require_assignment(db_url: str) -> None:
-    if is_sqlite(db_url) and not sqlite_path(db_url).is_file():  # nbgrader would make an empty one
+def require_gradebook(db_url: str) -> None:
+    if is_sqlite(db_url) and not sqlite_path(db_url).is_file():  # nbgrader (or a snapshot) would make an empty one
         raise GradingError(
             f"no gradebook at {sqlite_path(db_url)}: give the course directory (where nbgrader_config.py is), "
             f"after `nbgrader generate_assignment {ASSIGNMENT}` has run there"
         )
+
+
+def require_assignment(db_url: str) -> None:
     from nbgrader.api import Gradebook, MissingEntry
 
     with Gradebook(db_url) as gradebook:
@@ -299,7 +302,7 @@ def grade_class(
     Returns the outcomes in the order of ``students`` and appends them to the grading log."""
     root = Path(course_root).resolve()
     db_url = course_db_url(root, db_url)
-    require_assignment(db_url)
+    require_gradebook(db_url)
     outcomes: dict[str, Outcome] = {}
     with tempfile.TemporaryDirectory(prefix="qa-kit-grade-") as scratch:
         template = str(snapshot_gradebook(db_url, Path(scratch))) if is_sqlite(db_url) else ""
@@ -310,6 +313,8 @@ def grade_class(
         with ProcessPoolExecutor(
             max_workers=max(1, jobs), mp_context=context, initializer=start_worker, initargs=(str(output), jobs)
         ) as pool:
+            start_workers(pool, min(jobs, len(students)))
+            require_assignment(db_url)  # nbgrader's import (3 s) runs beside the workers' start
             futures: dict[Future, str] = {
                 submit_student(pool, str(root), student, db_url, template, scratch): student for student in students
             }
@@ -320,6 +325,13 @@ def grade_class(
     ordered = [outcomes[student] for student in students]
     append_log(root, ordered)
     return ordered
+
+
+def start_workers(pool: ProcessPoolExecutor, count: int) -> None:
+    """Spawn ``count`` workers now: a pool spawns one for each task submitted while none is idle, so a task that
+    does nothing starts one. If the run stops before any student is submitted, those tasks are all they ran."""
+    for _ in range(count):
+        pool.submit(int)
 
 
 class QuickExitWorker(multiprocessing.context.SpawnProcess):
