@@ -126,11 +126,10 @@ def write_overlay(folder: Path, job: ProbeJob) -> None:
 
 @cache
 def tokenizer_folder() -> Path:
-    from qa_lib.models import build_offline_tokenizer
-
+    """The grader's tokenizer, saved for the probes to load their own copy of it."""
     folder = Path(tempfile.mkdtemp(prefix="qa-kit-judge-tokenizer-"))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    build_offline_tokenizer().save_pretrained(folder)
+    exercises.grader_tokenizer().save_pretrained(folder)
     return folder
 
 
