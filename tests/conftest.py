@@ -117,12 +117,6 @@ def graded_class(tmp_path_factory, workers_tmp):
     course = Course.from_kit_solutions(tmp_path_factory.mktemp("class"))
     course.release()
     submit_class(course, CLASS_MIX)
-    saved = os.environ.get("TMPDIR")
-    os.environ["TMPDIR"] = str(workers_tmp)  # read by the spawned workers; this process has chosen its own
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TMPDIR", str(workers_tmp))  # read by the spawned workers; this process has chosen its own
         return course, grade_class(course.root, sorted(CLASS_MIX), jobs=3)
-    finally:
-        if saved is None:
-            del os.environ["TMPDIR"]
-        else:
-            os.environ["TMPDIR"] = saved
