@@ -173,6 +173,20 @@ def test_a_timed_out_kernel_is_reported_as_such():
     assert status_of("[AutogradeApp] INFO | Writing 9000 bytes") == GRADED
 
 
+def test_grading_processes_skip_the_iri_grammar_and_still_validate_notebooks():
+    """jsonschema's optional rfc3987_syntax import costs 1.8 s of CPU per process; notebooks validate as before."""
+    script = (
+        "import sys, qa_lib.course.classroom, nbformat\n"
+        "notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell('1')])\n"
+        "nbformat.validate(notebook)\n"
+        "notebook.cells[0].source = 7\n"
+        "try:\n    nbformat.validate(notebook)\nexcept nbformat.ValidationError:\n    print('invalid refused')\n"
+        "print(sys.modules['rfc3987_syntax'])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.split("\n")[:2] == ["invalid refused", "None"]
+
+
 # --- SQLite: private gradebooks merged by the parent --------------------------------------------------------------
 
 
