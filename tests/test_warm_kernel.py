@@ -4,11 +4,13 @@ earlier one left, nor reach the server."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
 import time
+from queue import Empty
 from types import SimpleNamespace
 
 import nbformat
@@ -117,3 +119,35 @@ def test_waiting_for_a_forked_kernel_honours_the_timeout():
         with pytest.raises(subprocess.TimeoutExpired):
             kernel.wait(timeout=0.3)
         assert 0.3 <= time.monotonic() - started < 5 and kernel.returncode is None
+
+
+class QueuedChannel:
+    """An IOPub channel holding ``messages``; counts the seconds a reader would have waited on an empty one."""
+
+    def __init__(self, *messages: dict):
+        self.messages, self.waited = list(messages), 0.0
+
+    async def get_msg(self, timeout: float) -> dict:
+        if self.messages:
+            return self.messages.pop(0)
+        self.waited += timeout
+        raise Empty
+
+
+def iopub_message(kind: str, request: str = "", state: str = "") -> dict:
+    return {"msg_type": kind, "parent_header": {"msg_id": request}, "content": {"execution_state": state}}
+
+
+@pytest.mark.parametrize(
+    "messages, idle, waited",
+    [
+        # IOPub connected late: the status of the request is lost, the welcome to the subscription ends the wait.
+        ([iopub_message("iopub_welcome")], False, 0.0),
+        ([iopub_message("status", "other", "idle"), iopub_message("status", "mine", "busy")], False, 0.05),
+        ([iopub_message("status", "mine", "busy"), iopub_message("status", "mine", "idle")], True, 0.0),
+    ],
+)
+def test_a_kernel_is_ready_when_iopub_brings_the_requests_idle_status(messages, idle, waited):
+    client = SimpleNamespace(iopub_channel=QueuedChannel(*messages))
+    assert asyncio.run(sandbox.PromptKernelClient.idle_on_iopub(client, "mine")) is idle
+    assert client.iopub_channel.waited == waited
