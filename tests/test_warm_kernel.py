@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import nbformat
 import pytest
+import zmq
 from nbclient import NotebookClient
 from test_judge import PEEK_AT_THE_SERVER
 
@@ -151,3 +152,14 @@ def test_a_kernel_is_ready_when_iopub_brings_the_requests_idle_status(messages, 
     client = SimpleNamespace(iopub_channel=QueuedChannel(*messages))
     assert asyncio.run(sandbox.PromptKernelClient.idle_on_iopub(client, "mine")) is idle
     assert client.iopub_channel.waited == waited
+
+
+def test_a_kernel_client_tries_a_refused_connect_again_within_milliseconds(tmp_path):
+    """Its sockets connect before the kernel has bound them: ZMQ's default is to try again after 100 ms."""
+    client = sandbox.PromptKernelClient(transport="ipc", ip=str(tmp_path / "kernel"), shell_port=1)
+    socket = client.connect_shell()
+    try:
+        assert (socket.getsockopt(zmq.RECONNECT_IVL), socket.getsockopt(zmq.RECONNECT_IVL_MAX)) == (5, 20)
+    finally:
+        socket.close(linger=0)
+        client.context.term()
