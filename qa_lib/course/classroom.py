@@ -456,6 +456,7 @@ def grade_command(
     from .report import write_report
 
     chosen = select_students(submitted_students(course_root), students, shard)
+    require_gradebook(course_db_url(course_root, db_url))  # a wrong folder gets its error without a progress bar
     bar, failures = progress_bar(len(chosen)), []
 
     def done(outcome: Outcome) -> None:
