@@ -18,8 +18,10 @@ CPU is read from /proc, not from rusage: bubblewrap's pid namespace ends with it
 sandboxed kernel or probe never reaches its grandparent's rusage. A sampler thread reads utime + stime of every
 descendant every 0.2 s and keeps each process's last value, so it misses at most the last 0.2 s of each process.
 
-Each run also prints the machine's busy cores by tenth of the run (idle cores show where a run waits) and when
-its first and last students were done (the first: the workers' cold start). ``--one-core`` adds a run of
+Each run also prints the machine's busy cores by tenth of the run (idle cores show where a run waits), when
+its first and last students were done (the first: the workers' cold start; between them, the warm rate that a
+class of 300 mostly runs at, from which the 300-student projection is made) and the CPU time the hypervisor
+stole for other machines (a busy host: its runs are not comparable with others). ``--one-core`` adds a run of
 ``--jobs 1`` allowed on one core only: against it, ``--jobs 2`` on two cores measures how the workers scale,
 where ``--jobs 1`` on two cores already uses part of the second core (a notebook's two probe jobs side by side,
 torch's threads, the grader beside its kernel).
@@ -158,10 +160,21 @@ class TreeCPU:
         return sum(self.seen.values()) - self.before
 
 
+def machine_ticks() -> list[int]:
+    """The machine's CPU ticks so far by kind (first line of /proc/stat: user, nice, system, idle, iowait, irq,
+    softirq, steal, ...)."""
+    return [int(field) for field in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+
+
 def busy_and_total_ticks() -> tuple[int, int]:
-    """The machine's busy and total CPU ticks so far (first line of /proc/stat: idle and iowait are not busy)."""
-    ticks = [int(field) for field in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    """Busy and total ticks so far (idle and iowait are not busy)."""
+    ticks = machine_ticks()
     return sum(ticks) - ticks[3] - ticks[4], sum(ticks)
+
+
+def steal_seconds() -> float:
+    """CPU time the hypervisor gave to other machines while ours wanted it (a busy host: runs not comparable)."""
+    return machine_ticks()[7] / TICKS
 
 
 class BusyCores:
@@ -201,7 +214,7 @@ def grade_run(template: Path, scratch: Path, jobs: int, one_core: bool = False) 
     on the first CPU only, so that it, its workers, kernels and probes see one core and size themselves to it)."""
     course = scratch / f"jobs{jobs}{'-one-core' if one_core else ''}"
     shutil.copytree(template, course)
-    load_before = os.getloadavg()[0]
+    load_before, steal_before = os.getloadavg()[0], steal_seconds()
     started, started_at = time.perf_counter(), time.time()
     child = subprocess.Popen(
         [sys.executable, "-m", "qa_lib.cli", "grade", str(course), "--jobs", str(jobs)],
@@ -228,6 +241,7 @@ def grade_run(template: Path, scratch: Path, jobs: int, one_core: bool = False) 
         "mean_student_wall_s": sum(o.seconds for o in outcomes.values()) / max(1, len(outcomes)),
         "load_before": load_before,
         "load_after": os.getloadavg()[0],
+        "steal_s": steal_seconds() - steal_before,
         "busy_cores_by_tenth": busy.by_tenth(),
         "first_and_last_student_done_s": [finished[0], finished[-1]] if finished else [],
         "table_tail": output.strip().splitlines()[-2:],
@@ -331,7 +345,8 @@ def print_runs(runs: list[dict]) -> None:
         tenths = " ".join(f"{cores:.2f}" for cores in run["busy_cores_by_tenth"])
         print(f"      busy cores by tenth of the run: {tenths}")
         first, last = run["first_and_last_student_done_s"] or [float("nan")] * 2
-        print(f"      first student done at {first:.0f} s, last at {last:.0f} s")
+        print(f"      first student done at {first:.0f} s, last at {last:.0f} s; then {warm_rate(run):.2f} per min")
+        print(f"      steal (the host's other machines): {run['steal_s']:.1f} s")
         if run["not_graded"]:
             print(f"      not graded (failed or timed out): {', '.join(run['not_graded'])}")
     best = max(runs, key=lambda run: run["students_per_minute"])
@@ -340,10 +355,23 @@ def print_runs(runs: list[dict]) -> None:
             speedup = best["students_per_minute"] / base["students_per_minute"]
             goal = "" if base["cores"] == 1 else f" (goal >= 1.8x on 2 cores: {'met' if speedup >= 1.8 else 'NOT met'})"
             print(f"speed-up {label(best)} / {label(base)}: {speedup:.2f}x{goal}")
+            print(f"  warm workers only (first to last student done): {warm_rate(best) / warm_rate(base):.2f}x")
     if len(runs) > 1:
-        print(f"projected for 300 students at {label(best)}: {300 / best['students_per_minute']:.0f} min")
+        print(f"projected for 300 students at {label(best)}: {projected_minutes(best, 300):.0f} min")
     cpu = min(run["cpu_s"] / max(1, run["students"]) for run in runs)
     print(f"CPU per student: {cpu:.1f} s (goal <= 10 s: {'met' if cpu <= 10 else 'NOT met'})")
+
+
+def warm_rate(run: dict) -> float:
+    """Students per minute once the workers are warm: from the first student done to the last."""
+    first, last = run["first_and_last_student_done_s"] or [0.0, 0.0]
+    return 60 * (run["students"] - 1) / max(1e-9, last - first)
+
+
+def projected_minutes(run: dict, students: int) -> float:
+    """The cold start as measured (the first student done), then the warm rate, then the end as measured."""
+    first, last = run["first_and_last_student_done_s"] or [0.0, 0.0]
+    return (first + 60 * (students - 1) / warm_rate(run) + run["wall_s"] - last) / 60
 
 
 def label(run: dict) -> str:
