@@ -26,6 +26,10 @@ stole for other machines (a busy host: its runs are not comparable with others).
 where ``--jobs 1`` on two cores already uses part of the second core (a notebook's two probe jobs side by side,
 torch's threads, the grader beside its kernel).
 
+Before and after the runs, the machine's own speed-up is measured: two processes of pure CPU work pinned to two
+cores against one alone. It is the ceiling of any speed-up measured here, and on a virtual machine it is not 2:
+its cores may share physical cores, or a busy host (1.5-2.0x on the 2-core machine of bench/RESULTS.md).
+
 Speed goals (>= 1.8x with 2 jobs on 2 cores; <= 10 s of CPU per student) are printed as measured, never
 asserted. Run from the repository root: ``python bench/grade_class.py [--students N] [--jobs 1,2] [--one-core]``.
 """
@@ -35,6 +39,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import json
+import multiprocessing
 import os
 import pstats
 import shutil
@@ -206,6 +211,40 @@ class BusyCores:
         return [sum(part) / max(1, len(part)) for part in tenths]
 
 
+# --- 0. What the machine itself gives --------------------------------------------------------------------------
+
+
+def spin(core: int, go, results) -> None:
+    """A fixed amount of pure CPU work (no memory traffic, no I/O) on ``core`` once ``go`` is set; puts its wall
+    time."""
+    os.sched_setaffinity(0, {core})
+    go.wait()
+    started, total = time.perf_counter(), 0
+    for number in range(20_000_000):
+        total += number * number % 7
+    results.put(time.perf_counter() - started)
+
+
+def spin_on(cores: list[int]) -> float:
+    """Wall time until the spins on ``cores``, started together, are all done (forked: no imports to wait for)."""
+    context = multiprocessing.get_context("fork")
+    go, results = context.Event(), context.Queue()
+    processes = [context.Process(target=spin, args=(core, go, results)) for core in cores]
+    for process in processes:
+        process.start()
+    go.set()
+    times = [results.get() for _ in cores]
+    for process in processes:
+        process.join()
+    return max(times)
+
+
+def machine_speedups(trials: int = 3) -> list[float]:
+    """Two spins at once on two cores against one alone: the speed-up of perfectly parallel work here, the ceiling
+    of any other. A virtual machine's two cores may share one physical core, or a busy host, and give less than 2."""
+    return [2 * spin_on([0]) / spin_on([0, 1]) for _ in range(trials)]
+
+
 # --- 1. Whole-class runs ------------------------------------------------------------------------------------------
 
 
@@ -362,6 +401,10 @@ def print_runs(runs: list[dict]) -> None:
     print(f"CPU per student: {cpu:.1f} s (goal <= 10 s: {'met' if cpu <= 10 else 'NOT met'})")
 
 
+def fold(speedups: list[float]) -> str:
+    return ", ".join(f"{speedup:.2f}x" for speedup in speedups)
+
+
 def warm_rate(run: dict) -> float:
     """Students per minute once the workers are warm: from the first student done to the last."""
     first, last = run["first_and_last_student_done_s"] or [0.0, 0.0]
@@ -403,10 +446,18 @@ def main() -> None:
         scratch = Path(scratch)
         template = make_class(scratch / "template", args.students).root
         print(f"class of {args.students} students over {len(KINDS)} kinds; {os.cpu_count()} CPUs")
+        two_cores = len(os.sched_getaffinity(0)) >= 2
+        ceiling = {"before": machine_speedups() if two_cores else []}
         runs = [grade_run(template, scratch, 1, one_core=True)] if args.one_core else []
         runs += [grade_run(template, scratch, int(jobs)) for jobs in args.jobs.split(",") if jobs]
+        ceiling["after"] = machine_speedups() if two_cores else []
         if runs:
             print_runs(runs)
+        if two_cores:
+            print(
+                f"this machine's own speed-up, two pure-CPU processes on two cores against one: "
+                f"{fold(ceiling['before'])} before the runs, {fold(ceiling['after'])} after"
+            )
         profile = None if args.no_profile else profile_student(template, scratch, "s000_solution")
         if profile:
             print_profile("cold", profile["cold"])
@@ -414,7 +465,7 @@ def main() -> None:
             print("\ngrading process's own CPU by function (one more autograde under cProfile, top 8 by own time):")
             for name, seconds in profile["grader_own_cpu_by_function"]:
                 print(f"  {seconds:>6.2f} s  {name}")
-    print(json.dumps({"runs": runs, "profile": profile}, ensure_ascii=False, default=str))
+    print(json.dumps({"runs": runs, "machine_speedups": ceiling, "profile": profile}, ensure_ascii=False, default=str))
 
 
 if __name__ == "__main__":
