@@ -456,7 +456,8 @@ def grade_command(
     from .report import write_report
 
     chosen = select_students(submitted_students(course_root), students, shard)
-    require_gradebook(course_db_url(course_root, db_url))  # a wrong folder gets its error without a progress bar
+    db_url = course_db_url(course_root, db_url)  # nbgrader's configuration, read once for the run and the report
+    require_gradebook(db_url)  # a wrong folder gets its error without a progress bar
     bar, failures = progress_bar(len(chosen)), []
 
     def done(outcome: Outcome) -> None:
