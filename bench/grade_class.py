@@ -406,8 +406,11 @@ def fold(speedups: list[float]) -> str:
 
 
 def warm_rate(run: dict) -> float:
-    """Students per minute once the workers are warm: from the first student done to the last."""
-    first, last = run["first_and_last_student_done_s"] or [0.0, 0.0]
+    """Students per minute once the workers are warm: from the first student done to the last (a run of fewer
+    than two students has no such span: its own rate)."""
+    if run["students"] < 2:
+        return run["students_per_minute"]
+    first, last = run["first_and_last_student_done_s"]
     return 60 * (run["students"] - 1) / max(1e-9, last - first)
 
 
